@@ -1,0 +1,5 @@
+"""Build hook for the optional native CPU extension (csrc/); metadata lives in pyproject.toml."""
+
+from setuptools import setup
+
+setup()

@@ -1,0 +1,83 @@
+"""Argument validation shared by the public ops and every backend (clear errors, no asserts)."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsekernels.conv_layout import pair
+from sparsekernels.layout import BlockLayout
+
+
+def check_operands(layout: BlockLayout, values: torch.Tensor | None, **dense: torch.Tensor) -> None:
+    """Types, devices and one shared float dtype for a layout, its values and dense operands."""
+    if not isinstance(layout, BlockLayout):
+        raise TypeError(f"layout must be a BlockLayout; got {type(layout).__name__}")
+    dtypes = {}
+    if values is not None:
+        layout.check_values(values)
+        if values.dim() != 3:
+            raise ValueError(f"values must be 3-D [nnz, bm, bn]; got shape {tuple(values.shape)}")
+        dtypes["values"] = values.dtype
+    for name, t in dense.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")
+        if t.device != layout.device:
+            raise ValueError(f"{name} is on {t.device} but the layout is on {layout.device}")
+        dtypes[name] = t.dtype
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"operands must share one dtype; got {', '.join(f'{k}={v}' for k, v in dtypes.items())}")
+
+
+def check_dim(t: torch.Tensor, name: str, dim: int, expected: int, what: str) -> None:
+    if t.dim() < 2 or t.shape[dim] != expected:
+        raise ValueError(f"{name} must have {what} = {expected}; got shape {tuple(t.shape)}")
+
+
+def check_sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> None:
+    check_operands(layout, None, a=a, b=b)
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"a and b must be 2-D; got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    M, N = layout.shape
+    check_dim(a, "a", 0, M, "rows (layout.shape[0])")
+    check_dim(b, "b", 1, N, "columns (layout.shape[1])")
+    check_dim(b, "b", 0, a.shape[1], "rows (a.shape[1])")
+
+
+def check_dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool) -> None:
+    check_operands(layout, values, b=b)
+    inner = layout.shape[0] if transpose_sparse else layout.shape[1]
+    check_dim(b, "b", -2, inner, "rows (the sparse operand's inner dimension)")
+
+
+def check_dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool) -> None:
+    check_operands(layout, values, a=a)
+    inner = layout.shape[1] if transpose_sparse else layout.shape[0]
+    check_dim(a, "a", -1, inner, "columns (the sparse operand's inner dimension)")
+
+
+def check_conv(x: torch.Tensor, values: torch.Tensor | None, layout: BlockLayout, kernel_size, stride, padding, dilation):
+    """Validate a convolution call; returns the normalised ``(kernel_size, stride, padding, dilation)``."""
+    check_operands(layout, values, x=x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D [N, C, H, W]; got shape {tuple(x.shape)}")
+    R, S = pair(kernel_size, "kernel_size")
+    st, pd, dl = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    if min(R, S, *st, *dl) < 1 or min(pd) < 0:
+        raise ValueError(
+            f"kernel_size, stride and dilation must be >= 1 and padding >= 0; got "
+            f"kernel_size={(R, S)}, stride={st}, padding={pd}, dilation={dl}"
+        )
+    rows, C = layout.shape
+    if rows % (R * S):
+        raise ValueError(f"layout rows ({rows}) must be a multiple of R*S = {R * S} for kernel_size {(R, S)}")
+    if x.shape[1] != C:
+        raise ValueError(f"x must have {C} input channels (layout.shape[1]); got shape {tuple(x.shape)}")
+    for i, (size, k) in enumerate(zip(x.shape[2:], (R, S))):
+        if size + 2 * pd[i] < dl[i] * (k - 1) + 1:
+            raise ValueError(
+                f"x spatial size {tuple(x.shape[2:])} with padding {pd} is smaller than the "
+                f"dilated kernel {(R, S)}"
+            )
+    return (R, S), st, pd, dl

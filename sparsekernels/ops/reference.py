@@ -1,0 +1,132 @@
+"""Plain-PyTorch block-sparse products: the oracle of every kernel test and the fallback backend.
+
+Notation: ``S`` is the sparse ``[M, N]`` matrix given by ``values: [nnz, bm, bn]`` over
+``layout`` (see :mod:`sparsekernels.layout`). Every function works on any device and any
+floating dtype (float64 included), accepts non-contiguous dense operands, and is
+differentiable by autograd. They never build the dense ``S``: each active block is
+multiplied on its own (gather, batched matmul, scatter-add), which is also the fast way
+to run them on a CPU at low density.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sparsekernels.conv_layout import conv_matrix_to_weight, conv_weight_to_matrix
+from sparsekernels.layout import BlockLayout
+from sparsekernels.ops.checks import check_conv, check_dds, check_dsd, check_operands, check_sdd
+
+__all__ = ["sdd", "dsd", "dds", "conv2d"]
+
+
+def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Sampled dense-dense product: the blocks of ``a @ b`` at the layout's active blocks.
+
+    a: ``[M, K]``, b: ``[K, N]`` (same float dtype) -> values ``[nnz, bm, bn]``.
+    """
+    check_sdd(a, b, layout)
+    (bm, bn), (R, C) = layout.block_size, layout.grid
+    a_rows = a.reshape(R, bm, -1)[layout.row_indices.long()]  # [nnz, bm, K]
+    b_cols = b.reshape(-1, C, bn).transpose(0, 1)[layout.col_indices.long()]  # [nnz, K, bn]
+    return torch.bmm(a_rows, b_cols)
+
+
+def dsd(
+    values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool = False
+) -> torch.Tensor:
+    """Sparse times dense: ``S @ b`` (or ``Sᵀ @ b`` when ``transpose_sparse``).
+
+    values: ``[nnz, bm, bn]``; b: ``[..., N, P]`` (``[..., M, P]`` transposed)
+    -> ``[..., M, P]`` (``[..., N, P]`` transposed).
+    """
+    check_dsd(values, layout, b, transpose_sparse)
+    (bm, bn), (R, C) = layout.block_size, layout.grid
+    if transpose_sparse:
+        values = values.transpose(-1, -2)
+        (bm, bn), (R, C) = (bn, bm), (C, R)
+        out_idx, in_idx = layout.col_indices.long(), layout.row_indices.long()
+    else:
+        out_idx, in_idx = layout.row_indices.long(), layout.col_indices.long()
+    lead, P = b.shape[:-2], b.shape[-1]
+    b_blocks = b.reshape(*lead, C, bn, P)[..., in_idx, :, :]  # [..., nnz, bn, P]
+    partial = torch.matmul(values, b_blocks)  # [..., nnz, bm, P]
+    out = partial.new_zeros(*lead, R, bm, P).index_add(-3, out_idx, partial)
+    return out.reshape(*lead, R * bm, P)
+
+
+def dds(
+    a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool = False
+) -> torch.Tensor:
+    """Dense times sparse: ``a @ S`` (or ``a @ Sᵀ`` when ``transpose_sparse``).
+
+    a: ``[..., P, M]`` (``[..., P, N]`` transposed); values: ``[nnz, bm, bn]``
+    -> ``[..., P, N]`` (``[..., P, M]`` transposed).
+    """
+    check_dds(a, values, layout, transpose_sparse)
+    (bm, bn), (R, C) = layout.block_size, layout.grid
+    if transpose_sparse:
+        values = values.transpose(-1, -2)
+        (bm, bn), (R, C) = (bn, bm), (C, R)
+        in_idx, out_idx = layout.col_indices.long(), layout.row_indices.long()
+    else:
+        in_idx, out_idx = layout.row_indices.long(), layout.col_indices.long()
+    lead, P = a.shape[:-2], a.shape[-2]
+    a_blocks = a.reshape(*lead, P, R, bm)[..., in_idx, :].movedim(-2, -3)  # [..., nnz, P, bm]
+    partial = torch.matmul(a_blocks, values)  # [..., nnz, P, bn]
+    out = partial.new_zeros(*lead, C, P, bn).index_add(-3, out_idx, partial)
+    return out.movedim(-3, -2).reshape(*lead, P, C * bn)
+
+
+def conv2d(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block-sparse 2-D convolution (groups = 1, zero padding).
+
+    x: ``[N, C, H, W]`` (any memory format); values ``[nnz, bk, bc]`` over a layout of shape
+    ``[R*S*K, C]`` (tap-major stacking, see :mod:`sparsekernels.conv_layout`);
+    bias: ``[K]`` or None -> ``[N, K, Ho, Wo]``. The reference rebuilds the dense weight and
+    calls ``F.conv2d``: clarity over speed.
+    """
+    kernel_size, stride, padding, dilation = check_conv(x, values, layout, kernel_size, stride, padding, dilation)
+    weight = conv_matrix_to_weight(layout.values_to_dense(values), kernel_size)
+    return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+
+# ---------------------------------------------------------------------- convolution pieces
+# The backend interface splits the convolution into forward, input gradient and weight
+# gradient (what the autograd formula of sparsekernels.ops.library calls). Outputs are
+# channels-last, as the kernels produce them.
+
+
+def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation):
+    """x ``[N, C, H, W]`` -> y ``[N, K, Ho, Wo]`` (channels-last memory), no bias."""
+    y = conv2d(x, values, layout, kernel_size, stride, padding, dilation)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation):
+    """dy ``[N, K, Ho, Wo]`` -> dx ``[N, C, H, W]`` (channels-last memory)."""
+    check_operands(layout, values, dy=dy)
+    weight = conv_matrix_to_weight(layout.values_to_dense(values), kernel_size)
+    dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy, stride, padding, dilation)
+    return dx.contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
+    """x ``[N, C, H, W]``, dy ``[N, K, Ho, Wo]`` -> dvalues ``[nnz, bk, bc]`` (active blocks only)."""
+    kernel_size, stride, padding, dilation = check_conv(x, None, layout, kernel_size, stride, padding, dilation)
+    check_operands(layout, None, x=x, dy=dy)
+    R, S = kernel_size
+    K = layout.shape[0] // (R * S)
+    dweight = torch.nn.grad.conv2d_weight(x, [K, x.shape[1], R, S], dy, stride, padding, dilation)
+    return layout.dense_to_values(conv_weight_to_matrix(dweight)).contiguous()

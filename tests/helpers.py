@@ -1,0 +1,50 @@
+"""Comparison helpers: one tolerance table, relative error of norms, poisoned outputs."""
+
+from __future__ import annotations
+
+import torch
+
+# Relative error ‖y − ŷ‖ / ‖ŷ‖ against a float64 reference. fp32 allows TF32-free fp32
+# accumulation over long reductions; the half types are bounded by their 8/11-bit mantissas.
+RTOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 2e-3,
+    torch.bfloat16: 1.6e-2,
+}
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖ in float64 (absolute norm when expected is zero)."""
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    if a.shape != e.shape:
+        raise AssertionError(f"shape mismatch: {tuple(a.shape)} vs {tuple(e.shape)}")
+    if not torch.isfinite(a).all():
+        raise AssertionError("result holds NaN/Inf (unwritten poisoned output?)")
+    denom = e.norm()
+    diff = (a - e).norm()
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, scale: float = 1.0):
+    """Assert ``actual`` matches the float64 ``expected`` within the tolerance of ``dtype``
+    (default: ``actual.dtype``); ``scale`` widens it for long reductions, stated at the call."""
+    dtype = dtype or actual.dtype
+    err = rel_error(actual, expected)
+    tol = RTOL[dtype] * scale
+    assert err <= tol, f"relative error {err:.3e} exceeds {tol:.1e} for {dtype}"
+
+
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` with NaN in place (an output element a kernel forgets to write fails)."""
+    return t.fill_(float("nan"))
+
+
+def random_block_mask(R: int, C: int, density: float, device="cpu", generator=None) -> torch.Tensor:
+    """A bool ``[R, C]`` mask with exactly round(density*R*C) active blocks (0 allowed)."""
+    nnz = round(density * R * C)
+    order = torch.randperm(R * C, generator=generator)[:nnz]
+    mask = torch.zeros(R * C, dtype=torch.bool)
+    mask[order] = True
+    return mask.reshape(R, C).to(device)
