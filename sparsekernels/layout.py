@@ -330,7 +330,7 @@ class BlockLayout:
             col_indices=self.row_indices_t,
             row_indices=self.col_indices[self.block_indices_t.long()],
             col_offsets=self.row_offsets,
-            row_indices_t=self.row_indices,
+            row_indices_t=self.col_indices,
             block_indices_t=inverse,
         )
 
