@@ -1,0 +1,39 @@
+"""Small helpers shared by the launchers of the Triton kernels (matmul and conv).
+
+Nothing here imports triton or touches a device: the helpers turn torch dtypes and flags
+into the plain Python values that launchers pass to kernels as ``tl.constexpr``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsekernels.ops.backends import interpreter_enabled
+
+# Dtypes the Triton kernels are built for (loads, tl.dot with fp32 accumulation, stores).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_kernel_dtype(t: torch.Tensor, name: str) -> None:
+    """Raise ``TypeError`` unless ``t`` has a dtype the Triton kernels support."""
+    if t.dtype not in KERNEL_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {t.dtype}, but the Triton kernels support float32, float16 and "
+            "bfloat16 only (use backend='reference' for other dtypes)"
+        )
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """``input_precision`` for ``tl.dot``: ``"tf32"`` for fp32 operands when the caller's torch
+    flag allows TF32, else ``"ieee"`` (ignored by Triton for half-precision operands)."""
+    return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
+
+
+def upcast_dot_operands(dtype: torch.dtype) -> bool:
+    """Whether kernels must upcast their ``tl.dot`` tiles to fp32 before the dot.
+
+    Triton's interpreter (3.9, measured) computes ``tl.dot`` on bfloat16 tiles wrongly
+    (relative error ~1e9) while fp16/fp32 dots and bf16 loads are right, so bf16 tiles are
+    upcast there only. Compiled kernels keep the native bf16 tensor-core dot.
+    """
+    return dtype == torch.bfloat16 and interpreter_enabled()
