@@ -2,7 +2,16 @@
 
 from sparsekernels._checks import set_debug_checks
 from sparsekernels.layout import BlockLayout
+from sparsekernels.nn import SparseConv2d, SparseLinear, sparsify
 from sparsekernels.ops.backends import native_available
 
 __version__ = "0.1.0"
-__all__ = ["BlockLayout", "set_debug_checks", "native_available", "__version__"]
+__all__ = [
+    "BlockLayout",
+    "SparseLinear",
+    "SparseConv2d",
+    "sparsify",
+    "set_debug_checks",
+    "native_available",
+    "__version__",
+]

@@ -189,7 +189,7 @@ def _(x, values, layout_tensors, layout_meta, kernel_size, stride, padding, dila
     K = layout_meta[0] // (kernel_size[0] * kernel_size[1])
     Ho = conv_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0])
     Wo = conv_output_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1])
-    return x.new_empty((x.shape[0], K, Ho, Wo), memory_format=torch.channels_last)
+    return torch.empty((x.shape[0], K, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
 @torch.library.custom_op(f"{_LIB}::conv2d_input_grad", mutates_args=())
@@ -212,7 +212,7 @@ def conv2d_input_grad_op(
 
 @conv2d_input_grad_op.register_fake
 def _(dy, values, layout_tensors, layout_meta, input_shape, kernel_size, stride, padding, dilation, backend):
-    return dy.new_empty(input_shape, memory_format=torch.channels_last)
+    return torch.empty(input_shape, dtype=dy.dtype, device=dy.device, memory_format=torch.channels_last)
 
 
 @torch.library.custom_op(f"{_LIB}::conv2d_weight_grad", mutates_args=())

@@ -1,0 +1,181 @@
+"""What SparseLinear and SparseConv2d share: a compressed weight over a swappable layout.
+
+The weight matrix ``[M, N]`` (``[out, in]`` for linear layers, ``[R*S*K, C]`` for
+convolutions) is held as
+
+* ``weight_values``: ``nn.Parameter [nnz, bm, bn]``, the active blocks;
+* the layout's six index tensors as buffers ``layout_<field>`` (so ``.to()``, ``state_dict``
+  and checkpoints carry the topology with the values).
+
+``set_layout`` swaps the topology in place with tensor copies only: the parameter object,
+its shape and every buffer shape stay the same (constant ``nnz``), nothing waits for the
+device, and compiled graphs or CUDA graphs that captured the buffers stay valid.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import nn
+
+from sparsekernels.layout import INDEX_FIELDS, BlockLayout, blocks_for_density, normalize_block_size
+
+
+def top_blocks_layout(dense: torch.Tensor, block_size: tuple[int, int], density: float) -> BlockLayout:
+    """Layout keeping the ``round(density * blocks)`` blocks of ``dense [M, N]`` with the
+    largest L2 norm (ties broken by position, via a stable sort)."""
+    bm, bn = block_size
+    M, N = dense.shape
+    R, C = M // bm, N // bn
+    norms = dense.detach().float().reshape(R, bm, C, bn).pow(2).sum(dim=(1, 3)).reshape(-1)
+    nnz = blocks_for_density(density, R * C)
+    keep = torch.argsort(norms, descending=True, stable=True)[:nnz]
+    block_mask = torch.zeros(R * C, dtype=torch.bool, device=dense.device)
+    block_mask[keep] = True
+    return BlockLayout.from_block_mask(block_mask.reshape(R, C), block_size, nnz)
+
+
+class BlockSparseWeight(nn.Module):
+    """Base of the sparse layers (not used directly).
+
+    Subclasses call :meth:`_init_weight` from ``__init__`` and implement
+    ``_dense_weight_grad(saved_input, grad_output) -> [M, N]`` for gradient-based growth.
+    """
+
+    weight_values: nn.Parameter
+    backend: str
+
+    def _init_weight(
+        self,
+        matrix_shape: tuple[int, int],
+        block_size: int | tuple[int, int],
+        density: float | None,
+        layout: BlockLayout | None,
+        device,
+        dtype,
+    ) -> None:
+        block_size = normalize_block_size(block_size)
+        M, N = matrix_shape
+        if layout is not None:
+            if not isinstance(layout, BlockLayout):
+                raise TypeError(f"layout must be a BlockLayout; got {type(layout).__name__}")
+            if layout.shape != (M, N):
+                raise ValueError(f"layout must have shape {(M, N)} for this layer; got {layout.shape}")
+            if density is not None:
+                raise ValueError("pass either density or layout, not both")
+            if device is not None:
+                layout = layout.to(device)
+        elif density is not None:
+            layout = BlockLayout.random((M, N), block_size, density, device=device)
+        else:
+            layout = BlockLayout.dense((M, N), block_size, device=device)
+        self.matrix_shape = (M, N)
+        self.block_size = layout.block_size
+        for name, tensor in layout.fields().items():
+            self.register_buffer(f"layout_{name}", tensor.clone())
+        self.weight_values = nn.Parameter(torch.empty(layout.values_shape(), device=layout.device, dtype=dtype))
+        self.backend = "auto"
+        self._dense_grad_requested = False
+        self.dense_grad: torch.Tensor | None = None
+
+    # --------------------------------------------------------------- topology
+    @property
+    def layout(self) -> BlockLayout:
+        """The current layout (a view of the ``layout_*`` buffers; no copy)."""
+        return BlockLayout.from_fields(
+            self.matrix_shape, self.block_size, {f: getattr(self, f"layout_{f}") for f in INDEX_FIELDS}
+        )
+
+    @property
+    def nnz(self) -> int:
+        return self.weight_values.shape[0]
+
+    @property
+    def density(self) -> float:
+        return self.layout.density
+
+    def active_fan_in(self) -> float:
+        """Mean number of active inputs per output unit (the init scale's fan-in)."""
+        return self._dense_fan_in() * self.layout.density
+
+    def _dense_fan_in(self) -> int:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Uniform init with ``nn.Linear``/``nn.Conv2d``'s bound ``1/sqrt(fan_in)``, where fan_in is
+        the mean *active* fan-in (dense fan-in × density), so outputs keep the dense layer's scale."""
+        bound = 1.0 / math.sqrt(max(self.active_fan_in(), 1.0))
+        nn.init.uniform_(self.weight_values, -bound, bound)
+        if getattr(self, "bias", None) is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def set_layout(self, new_layout: BlockLayout) -> torch.Tensor:
+        """Swap the topology in place; returns the remap index (see ``BlockLayout.remap``).
+
+        Blocks active in both layouts keep their values, grown blocks start at zero. The
+        new layout must have the same shape, block size and ``nnz`` (the parameter keeps its
+        shape). Only device-side copies: no host synchronisation.
+        """
+        old = self.layout
+        if not isinstance(new_layout, BlockLayout):
+            raise TypeError(f"new_layout must be a BlockLayout; got {type(new_layout).__name__}")
+        if new_layout.nnz != old.nnz:
+            raise ValueError(
+                f"new_layout must keep nnz = {old.nnz} (the parameter's shape); got nnz = {new_layout.nnz}"
+            )
+        if new_layout.device != old.device:
+            raise ValueError(f"new_layout is on {new_layout.device} but the layer is on {old.device}")
+        src = old.remap(new_layout)  # also checks shape and block size
+        self.weight_values.copy_(gather_blocks(self.weight_values, src))
+        for name, tensor in new_layout.fields().items():
+            getattr(self, f"layout_{name}").copy_(tensor)
+        return src
+
+    def to_block_mask(self) -> torch.Tensor:
+        return self.layout.to_block_mask()
+
+    # --------------------------------------------------------------- dense gradient (RigL)
+    def request_dense_grad(self, enabled: bool = True) -> None:
+        """Ask the next forward to also produce ``self.dense_grad``: the gradient of the loss
+        with respect to the whole dense weight matrix ``[M, N]`` (one dense matmul/conv on the
+        saved input during backward). Off on ordinary steps: it costs a dense product."""
+        self._dense_grad_requested = bool(enabled)
+        if not enabled:
+            self.dense_grad = None
+
+    def _maybe_hook_dense_grad(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if not (self._dense_grad_requested and torch.is_grad_enabled() and y.requires_grad):
+            return
+        saved = x.detach()
+
+        def hook(grad_output: torch.Tensor) -> None:
+            self.dense_grad = self._dense_weight_grad(saved, grad_output.detach()).float()
+
+        y.register_hook(hook)
+
+    def _dense_weight_grad(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}, nnz={self.nnz}, density={self.density:.3f}, backend={self.backend!r}"
+
+
+def gather_blocks(values: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``values[src]`` with zeros where ``src == -1`` (the remap rule for values and state).
+
+    values: ``[nnz_old, ...]``; src: int64 ``[nnz_new]`` -> ``[nnz_new, ...]``.
+    """
+    kept = (src >= 0).reshape(-1, *([1] * (values.dim() - 1)))
+    return torch.where(kept, values[src.clamp(min=0)], torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def autocast_inputs(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple:
+    """Cast ``x`` and parameters to the autocast dtype when autocast is on (``nn.Linear``'s rule:
+    matmul-like ops run in the lower precision), else return them unchanged."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in (x, *tensors))
+
