@@ -227,11 +227,13 @@ class BlockLayout:
         M, N = _check_shape(shape, (bm, bn))
         R, C = M // bm, N // bn
         nnz = blocks_for_density(density, R * C)
-        scores = torch.rand(R * C, generator=generator, device=generator.device if generator else device)
+        draw_device = generator.device if generator is not None else device
+        scores = torch.rand(R * C, generator=generator, device=draw_device)
         chosen = torch.topk(scores, nnz).indices
         grid_mask = torch.zeros(R * C, dtype=torch.bool, device=scores.device)
         grid_mask[chosen] = True
-        return cls.from_block_mask(grid_mask.reshape(R, C), (bm, bn), nnz)
+        target = torch.device(device) if device is not None else scores.device
+        return cls.from_block_mask(grid_mask.reshape(R, C).to(target), (bm, bn), nnz)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -16,6 +16,7 @@ available, else the reference. Backend modules are imported on first use, never 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from types import ModuleType
@@ -30,6 +31,7 @@ _MODULES = {
 }
 
 
+@functools.cache
 def native_available() -> bool:
     """Whether the C++ CPU extension was built and imports."""
     try:
@@ -39,6 +41,7 @@ def native_available() -> bool:
     return native_backend.available()
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
