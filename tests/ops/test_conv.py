@@ -1,0 +1,245 @@
+"""Block-sparse convolution on every backend against ``F.conv2d`` on the masked dense weight.
+
+Forward, input gradient and weight gradient run through ``sparsekernels.ops.conv2d`` and
+autograd and are compared in float64 with the dtype tolerances of ``tests.helpers``; the
+backend functions are also called directly. Outputs are NaN-poisoned, so an element a kernel
+forgets to write fails. On CPU the Triton kernels run under the interpreter on the sampled
+cases of ``conv_cases``; ``--device cuda`` adds the full product (``gpu`` marker).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsekernels import native_available, ops
+from sparsekernels.conv_layout import conv_layout_from_tap_masks, conv_matrix_to_weight, conv_weight_to_matrix
+from sparsekernels.ops import backends
+from sparsekernels.ops import reference as ref
+from sparsekernels.ops._alloc import set_poison_outputs
+from tests.helpers import assert_close, random_block_mask
+from tests.ops.conv_cases import CPU_CASES, ConvCase, gpu_groups, gpu_inner
+
+F64 = torch.float64
+BACKENDS = [
+    "reference",
+    "triton",
+    pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="native extension not built")),
+]
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_no_tf32():
+    """NaN-poison fresh outputs; keep fp32 convolutions exact (TF32 would exceed fp32 tolerance)."""
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    set_poison_outputs(True)
+    yield
+    set_poison_outputs(False)
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+def _make(case: ConvCase, device):
+    """Random layout, values, input and output gradient of ``case``."""
+    taps, kb, cb = case.kernel**2, case.out_channels // case.block, case.in_channels // case.block
+    tap_masks = random_block_mask(taps * kb, cb, case.density, device=device).reshape(taps, kb, cb)
+    layout = conv_layout_from_tap_masks(tap_masks, case.block)
+    values = torch.randn(layout.nnz, case.block, case.block, device=device).to(case.dtype)
+    x = torch.randn(case.batch, case.in_channels, *case.size, device=device).to(case.dtype)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out_size = [(s + 2 * case.padding - case.kernel) // case.stride + 1 for s in case.size]
+    dy = torch.randn(case.batch, case.out_channels, *out_size, device=device).to(case.dtype)
+    return layout, values, x, dy
+
+
+def _expected(case: ConvCase, layout, values, x, dy):
+    """y, dx, dvalues in float64 by autograd through ``F.conv2d`` on the masked dense weight."""
+    x64 = x.detach().to(F64).requires_grad_(True)
+    v64 = values.detach().to(F64).requires_grad_(True)
+    weight = conv_matrix_to_weight(layout.values_to_dense(v64), case.kernel)
+    y64 = F.conv2d(x64, weight, None, case.stride, case.padding)
+    y64.backward(dy.to(F64))
+    return y64.detach(), x64.grad, v64.grad
+
+
+def _check_autograd(case: ConvCase, backend: str, device) -> None:
+    layout, values, x, dy = _make(case, device)
+    x = x.requires_grad_(True)
+    values = values.requires_grad_(True)
+    y = ops.conv2d(x, values, layout, case.kernel, case.stride, case.padding, backend=backend)
+    y.backward(dy)
+    y64, dx64, dv64 = _expected(case, layout, values, x, dy)
+    assert y.dtype == case.dtype and x.grad.dtype == case.dtype and values.grad.dtype == case.dtype
+    assert_close(y, y64)
+    assert_close(x.grad, dx64)
+    assert_close(values.grad, dv64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.id)
+def test_conv2d_autograd(case, backend, device):
+    _check_autograd(case, backend, device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CPU_CASES[::3], ids=lambda c: c.id)
+def test_conv2d_backend_functions(case, backend, device):
+    """The three backend functions called directly: shapes, dtypes, channels-last outputs."""
+    impl = backends.module(backends.resolve(backend, device))
+    layout, values, x, dy = _make(case, device)
+    ks, st, pd, dl = (case.kernel,) * 2, (case.stride,) * 2, (case.padding,) * 2, (1, 1)
+    y64, dx64, dv64 = _expected(case, layout, values, x, dy)
+
+    y = impl.conv2d_forward(x, values, layout, ks, st, pd, dl)
+    dx = impl.conv2d_input_grad(dy, values, layout, tuple(x.shape), ks, st, pd, dl)
+    dv = impl.conv2d_weight_grad(x, dy, layout, ks, st, pd, dl)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    assert dv.shape == values.shape and dv.is_contiguous()
+    assert_close(y, y64)
+    assert_close(dx, dx64)
+    assert_close(dv, dv64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", gpu_groups(), ids=lambda g: "-".join(map(str, g)))
+def test_conv2d_autograd_full_product(group, backend, device):
+    for case in gpu_inner(*group):
+        try:
+            _check_autograd(case, backend, device)
+        except AssertionError as e:
+            raise AssertionError(f"{case.id}: {e}") from e
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_rectangular_geometry(backend, device):
+    """Different height and width kernel size, stride and padding (the kernels index them apart)."""
+    layout = conv_layout_from_tap_masks(random_block_mask(3 * 2, 2, 0.5, device=device).reshape(3, 2, 2), 16)
+    values = torch.randn(layout.nnz, 16, 16, device=device, requires_grad=True)
+    x = torch.randn(2, 32, 7, 8, device=device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = ops.conv2d(x, values, layout, (1, 3), (2, 1), (1, 0), backend=backend)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    x64 = x.detach().to(F64).requires_grad_(True)
+    v64 = values.detach().to(F64).requires_grad_(True)
+    y64 = F.conv2d(x64, conv_matrix_to_weight(layout.values_to_dense(v64), (1, 3)), None, (2, 1), (1, 0))
+    y64.backward(dy.to(F64))
+    assert_close(y, y64)
+    assert_close(x.grad, x64.grad)
+    assert_close(values.grad, v64.grad)
+
+
+@pytest.mark.parametrize("chunk", [7, 40])
+def test_weight_grad_split_reduction(chunk, device):
+    """Split-K of the weight gradient: ragged chunks, fp32 partials, one reduction."""
+    from sparsekernels.ops.conv.weight_grad import launch_weight_grad
+
+    backends.resolve("triton", device)
+    case = ConvCase(2, 32, 32, (9, 7), 3, 2, 1, 16, 0.5, torch.bfloat16, True)
+    layout, values, x, dy = _make(case, device)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dv = launch_weight_grad(
+        x, dy, layout.row_indices, layout.col_indices, (16, 16), (3, 3), (2, 2), (1, 1), False, chunk
+    )
+    assert_close(dv, _expected(case, layout, values, x, dy)[2])
+
+
+def test_empty_batch(device):
+    impl = backends.module(backends.resolve("triton", device))
+    case = ConvCase(0, 16, 32, (5, 5), 3, 1, 1, 16, 0.5, torch.float32, True)
+    layout, values, x, dy = _make(case, device)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1))
+    assert impl.conv2d_forward(x, values, layout, *args).shape == (0, 32, 5, 5)
+    assert impl.conv2d_input_grad(dy, values, layout, tuple(x.shape), *args).shape == x.shape
+    assert torch.equal(impl.conv2d_weight_grad(x, dy, layout, *args), torch.zeros_like(values))
+
+
+def test_dilation_falls_back_to_reference(device):
+    case = ConvCase(1, 16, 16, (9, 7), 3, 1, 2, 16, 0.5, torch.float32, True)
+    layout, values, x, _ = _make(case, device)
+    x.requires_grad_(True)
+    values.requires_grad_(True)
+    with pytest.warns(UserWarning, match="dilation"):
+        y = ops.conv2d(x, values, layout, 3, 1, 2, dilation=2, backend="triton")
+        dy = torch.randn_like(y)
+        y.backward(dy)
+    x64 = x.detach().to(F64).requires_grad_(True)
+    v64 = values.detach().to(F64).requires_grad_(True)
+    y64 = F.conv2d(x64, conv_matrix_to_weight(layout.values_to_dense(v64), 3), None, 1, 2, 2)
+    y64.backward(dy.to(F64))
+    assert_close(y, y64)
+    assert_close(x.grad, x64.grad)
+    assert_close(values.grad, v64.grad)
+
+
+@pytest.mark.gpu
+def test_tf32_follows_cudnn_flag(device):
+    """fp32 with cudnn.allow_tf32 runs TF32 dots: within TF32 error, not fp32's."""
+    case = ConvCase(2, 64, 64, (17, 15), 3, 1, 1, 32, 1.0, torch.float32, True)
+    layout, values, x, dy = _make(case, device)
+    torch.backends.cudnn.allow_tf32 = True
+    y = ops.conv2d(x, values, layout, 3, 1, 1, backend="triton")
+    assert_close(y, _expected(case, layout, values, x, dy)[0], scale=300.0)  # 3e-3: TF32's 10-bit mantissa
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def _small(device, block=16, dtype=torch.float32):
+    layout = conv_layout_from_tap_masks(random_block_mask(9 * 2, 2, 0.5, device=device).reshape(9, 2, 2), block)
+    values = torch.randn(layout.nnz, block, block, device=device, dtype=dtype)
+    x = torch.randn(1, 2 * block, 5, 5, device=device, dtype=dtype)
+    return layout, values, x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_name_the_parameter(backend, device):
+    layout, values, x = _small(device)
+    with pytest.raises(ValueError, match="x must have 32 input channels"):
+        ops.conv2d(x[:, :16], values, layout, 3, padding=1, backend=backend)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ops.conv2d(x[0], values, layout, 3, padding=1, backend=backend)
+    with pytest.raises(ValueError, match="R\\*S"):
+        ops.conv2d(x, values, layout, 5, padding=2, backend=backend)
+    with pytest.raises(TypeError, match="share one dtype"):
+        ops.conv2d(x.half(), values, layout, 3, padding=1, backend=backend)
+    if backend == "reference":
+        return  # the reference's backward pieces leave dy's shape to torch's own errors
+    impl = backends.module(backends.resolve(backend, device))
+    dy = torch.randn(1, 32, 4, 4, device=device)  # the output is 5x5
+    with pytest.raises(ValueError, match="dy must have shape"):
+        impl.conv2d_input_grad(dy, values, layout, tuple(x.shape), (3, 3), (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="dy must have shape"):
+        impl.conv2d_weight_grad(x, dy, layout, (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+def test_triton_rejects_block_size_and_float64(device):
+    layout, values, x = _small(device, block=8)
+    with pytest.raises(ValueError, match="block_size must be one of"):
+        ops.conv2d(x, values, layout, 3, padding=1, backend="triton")
+    layout, values, x = _small(device, dtype=F64)
+    with pytest.raises(TypeError, match="float64"):
+        ops.conv2d(x, values, layout, 3, padding=1, backend="triton")
+
+
+def test_block_size_128(device):
+    """128-channel blocks work too (not part of the swept table: large tiles are slow to interpret)."""
+    case = ConvCase(1, 128, 128, (5, 5), 3, 2, 1, 128, 1.0, torch.float16, True)
+    _check_autograd(case, "triton", device)
+
+
+def test_layout_is_read_tap_major(device):
+    """One active block at tap (0, 2) of out block 1, in block 0: exactly F.conv2d's W[16:32, 0:16, 0, 2]."""
+    tap_masks = torch.zeros(9, 2, 2, dtype=torch.bool, device=device)
+    tap_masks[2, 1, 0] = True
+    layout = conv_layout_from_tap_masks(tap_masks, 16)
+    values = torch.randn(1, 16, 16, device=device)
+    weight = torch.zeros(32, 32, 3, 3, device=device)
+    weight[16:32, 0:16, 0, 2] = values[0]
+    assert torch.equal(conv_weight_to_matrix(weight), layout.values_to_dense(values))
+    x = torch.randn(2, 32, 7, 7, device=device)
+    assert_close(
+        ops.conv2d(x, values, layout, 3, 1, 1, backend="triton"), F.conv2d(x.to(F64), weight.to(F64), None, 1, 1)
+    )
+    assert_close(ref.conv2d(x, values, layout, 3, 1, 1), F.conv2d(x.to(F64), weight.to(F64), None, 1, 1))
