@@ -10,7 +10,13 @@ transposed (``[bc, bk]``)::
     y[p, kb] = sum_t sum_{cb active in row t*(K/bk)+kb} x_t[p, cb] @ V[slot]ᵀ
 
 No im2col buffer exists: the shifted tile is gathered straight from ``x`` with per-pixel
-offsets computed once per tap. A program whose block-rows are all empty stores zeros.
+offsets computed once per tap.
+
+Load balance: a program's work is the number of active blocks of output block ``kb`` summed
+over the taps, which can differ a lot between ``kb`` (and between taps). ``kb`` varies
+fastest in the grid, so heavy and light programs are interleaved across the whole launch and
+the hardware scheduler evens them out; a program whose block-rows are all empty still runs
+and stores zeros.
 """
 
 from __future__ import annotations
