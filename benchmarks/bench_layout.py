@@ -12,15 +12,11 @@ same path under ``torch.cuda.set_sync_debug_mode("error")`` to prove it never sy
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from _common import environment, results_dir, write_json
 
 import sparsekernels
 from sparsekernels import BlockLayout
@@ -80,19 +76,6 @@ def check_no_sync(layers, fraction, generator) -> str:
     return "no host sync"
 
 
-def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1]
-                    break
-        except OSError:
-            pass
-    return f"{device.type}-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -121,18 +104,13 @@ def main(argv=None) -> dict:
     print(f"all {len(rows)} layers: {total_ms:.2f} ms per topology update; host sync check: {sync}")
     record = {
         "benchmark": "layout_rebuild",
-        "device": device_slug(device),
-        "torch": torch.__version__,
-        "sparsekernels": sparsekernels.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(device),
         "config": vars(args),
         "rows": rows,
         "total_ms": total_ms,
         "sync_check": sync,
     }
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / device_slug(device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "layout_rebuild.json").write_text(json.dumps(record, indent=2))
+    write_json(results_dir(device, args.out) / "layout_rebuild.json", record)
     return record
 
 
