@@ -9,6 +9,7 @@ CPU times from ``torch.utils.benchmark.Timer.blocked_autorange`` (median).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -69,6 +70,8 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cpu":
         env["cpu_threads"] = torch.get_num_threads()
+        # Other processes on a shared machine skew CPU timings: record how busy it was.
+        env["load_average_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return env
 
 

@@ -147,6 +147,37 @@ def test_weight_grad_split_reduction(chunk, device):
     assert_close(dv, _expected(case, layout, values, x, dy)[2])
 
 
+@pytest.mark.parametrize("pixels, nnz", [(262144, 4), (262144, 5000), (4096, 230), (100, 1), (1 << 21, 1)])
+def test_weight_grad_split_policy(pixels, nnz):
+    """Split from Python ints only: chunks aligned to the largest BLOCK_P, enough programs, bounded workspace."""
+    from sparsekernels.ops.conv import weight_grad
+
+    chunk = weight_grad.pixels_per_split(pixels, nnz)
+    split = -(-pixels // chunk)
+    assert chunk == pixels or (chunk % 256 == 0 and chunk >= weight_grad._MIN_PIXELS_PER_SPLIT)
+    assert split * nnz <= 2 * max(weight_grad._TARGET_PROGRAMS, nnz)  # workspace [split, nnz, bk, bc]
+    if pixels >= 2 * weight_grad._MIN_PIXELS_PER_SPLIT * weight_grad._TARGET_PROGRAMS:
+        assert split * nnz >= weight_grad._TARGET_PROGRAMS // 2  # a large reduction fills the GPU
+
+
+@pytest.mark.parametrize("kernel", ["forward", "input_grad", "weight_grad"])
+@pytest.mark.parametrize("block, dtype", [(16, torch.bfloat16), (64, torch.float32), (128, torch.float32)])
+def test_gpu_config_pruning(kernel, block, dtype):
+    """The H100 config lists minus what cannot fit; one config for tiny problems (no tuning)."""
+    import importlib
+
+    module = importlib.import_module(f"sparsekernels.ops.conv.{kernel}")
+    t = torch.empty(0, dtype=dtype)
+    args = {"x": t, "dy": t, "N": 64, "H": 56, "W": 56, "Ho": 56, "Wo": 56}
+    kept = module._prune(module._GPU_CONFIGS, args, BLOCK_K=block, BLOCK_C=block)
+    assert 1 <= len(kept) <= len(module._GPU_CONFIGS)
+    if block == 16:
+        assert len(kept) == len(module._GPU_CONFIGS)
+    tiny_args = {**args, "N": 1, "H": 7, "W": 7, "Ho": 7, "Wo": 7}
+    tiny = module._prune(module._GPU_CONFIGS, tiny_args, BLOCK_K=16, BLOCK_C=16)
+    assert len(tiny) == 1
+
+
 def test_empty_batch(device):
     impl = backends.module(backends.resolve("triton", device))
     case = ConvCase(0, 16, 32, (5, 5), 3, 1, 1, 16, 0.5, torch.float32, True)
