@@ -9,6 +9,8 @@ cases of ``conv_cases``; ``--device cuda`` adds the full product (``gpu`` marker
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +178,46 @@ def test_gpu_config_pruning(kernel, block, dtype):
     tiny_args = {**args, "N": 1, "H": 7, "W": 7, "Ho": 7, "Wo": 7}
     tiny = module._prune(module._GPU_CONFIGS, tiny_args, BLOCK_K=16, BLOCK_C=16)
     assert len(tiny) == 1
+
+
+@pytest.mark.parametrize("piece", ["forward", "input_grad", "weight_grad"])
+def test_topology_change_keeps_tuning_key(piece, device, monkeypatch):
+    """Layouts of equal and of different nnz give the same autotune key and constexprs, and any
+    int argument that moves with the topology is excluded from value specialisation."""
+    import importlib
+
+    module = importlib.import_module(f"sparsekernels.ops.conv.{piece}")
+    kernel = getattr(module, f"conv2d_{piece}_kernel")
+    assert set(kernel.keys) <= set(kernel.arg_names)
+    calls, run = [], kernel.run
+
+    def record(*args, **kwargs):
+        calls.append({**dict(zip(kernel.arg_names, args)), **kwargs})
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", record)
+    impl = backends.module(backends.resolve("triton", device))
+    x = torch.randn(2, 32, 9, 7, device=device).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(2, 32, 5, 4, device=device).contiguous(memory_format=torch.channels_last)
+    geometry = ((3, 3), (2, 2), (1, 1), (1, 1))
+    for density in (0.3, 0.3, 0.7):
+        layout = conv_layout_from_tap_masks(random_block_mask(18, 2, density, device=device).reshape(9, 2, 2), 16)
+        values = torch.randn(layout.nnz, 16, 16, device=device)
+        if piece == "forward":
+            impl.conv2d_forward(x, values, layout, *geometry)
+        elif piece == "input_grad":
+            impl.conv2d_input_grad(dy, values, layout, tuple(x.shape), *geometry)
+        else:
+            impl.conv2d_weight_grad(x, dy, layout, *geometry)
+    assert len(calls) == 3
+    assert len({tuple(c[k] for k in kernel.keys) for c in calls}) == 1
+    jit = kernel.fn
+    no_specialise = set(getattr(jit, "do_not_specialize", None) or jit.kwargs.get("do_not_specialize") or ())
+    constexprs = {n for n, p in inspect.signature(jit.fn).parameters.items() if "constexpr" in str(p.annotation)}
+    for name, value in calls[0].items():
+        moved = any(c[name] != value for c in calls) if not isinstance(value, torch.Tensor) else False
+        assert not (moved and name in constexprs), f"constexpr {name} depends on the topology"
+        assert not (moved and isinstance(value, int) and name not in no_specialise), f"{name} is specialised"
 
 
 def test_empty_batch(device):

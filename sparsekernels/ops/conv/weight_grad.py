@@ -71,7 +71,9 @@ def pixels_per_split(pixels: int, nnz: int) -> int:
     key=["N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w", "BLOCK_K", "BLOCK_C"],
     prune_configs_by={"early_config_prune": _prune},
 )
-@triton.jit
+# nnz and chunk change with the topology: specialising on their values (== 1, % 16) would
+# recompile the kernel when a topology update moves them.
+@triton.jit(do_not_specialize=["nnz", "chunk"])
 def conv2d_weight_grad_kernel(
     x,  # [N, H, W, C] channels-last
     dy,  # [N, Ho, Wo, K] channels-last
