@@ -1,0 +1,192 @@
+"""Launch helpers shared by the matmul kernels: argument checks, autotune config lists, the
+row-splitting (load-balance) policy of ``dsd``/``dds``, and the kernel that sums split rows.
+
+Load balance of ``dsd``/``dds``. Those kernels give each output block-row (a *segment*: a
+block-row of ``S``, or a block-column for the transposed traversal) and each tile of the
+dense dimension ``P`` to one program, which loops over the segment's blocks. A segment with
+many more blocks than the others would keep one program busy long after the rest finished,
+so a segment longer than ``split`` blocks is cut into chunks of ``split`` blocks, one
+program each. Each chunk writes its fp32 partial product to a workspace (plain stores: no
+zeroing, no atomics, deterministic), and :func:`reduce_split_partials_kernel` sums the
+partials of split segments into the output. Segments of at most ``split`` blocks, zero
+included, are written by one program directly, so a layout without long rows pays nothing.
+
+Everything here is decided from Python ints (shapes, ``nnz``), never from the mask, so a new
+topology with the same ``nnz`` reuses the compiled kernels and the autotuning results.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from sparsekernels.layout import BlockLayout, check_kernel_block_size
+from sparsekernels.ops._triton_utils import check_kernel_dtype, dot_precision, upcast_dot_operands
+from sparsekernels.ops.backends import interpreter_enabled
+
+# Chunks shorter than this do not amortise the round trip of their partial through the
+# workspace (BO x BLOCK_P fp32 written, then read back by the reduction kernel).
+SPLIT_MIN = 8
+# Programs resident per SM that the split policy aims to fill (2-4 CTAs of 4-8 warps fit an
+# H100 SM with the tiles of the configs below).
+PROGRAMS_PER_SM = 4
+# Largest workspace the split policy may allocate; above it, chunks get longer instead.
+WORKSPACE_BUDGET_BYTES = 256 << 20
+# Dense-dimension tile assumed when sizing chunks (the autotuned BLOCK_P is not known yet).
+NOMINAL_BLOCK_P = 64
+# Chunk length used instead of the policy when set (tests force the split path on CPU,
+# benchmarks compare policies). None: the policy of :func:`split_plan` decides.
+FORCE_SPLIT: int | None = None
+
+
+def check_kernel_inputs(layout: BlockLayout, **tensors: torch.Tensor) -> None:
+    """Block size and dtypes the Triton kernels are built for (after ``checks.check_*``)."""
+    check_kernel_block_size(layout.block_size)
+    for name, t in tensors.items():
+        check_kernel_dtype(t, name)
+
+
+def dot_flags(dtype: torch.dtype) -> dict:
+    """The ``tl.dot`` constexprs of a launch: ``PRECISION`` (TF32 for fp32 only when torch's
+    ``allow_tf32`` flag is on) and ``UPCAST`` (see ``_triton_utils.upcast_dot_operands``)."""
+    return {
+        "PRECISION": dot_precision(dtype, torch.backends.cuda.matmul.allow_tf32),
+        "UPCAST": upcast_dot_operands(dtype),
+    }
+
+
+def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
+    """The GPU config list, or one config under the interpreter, where every tuning run would
+    cost seconds of Python. Called once per kernel module at import (reads an env var only)."""
+    return [interpreter] if interpreter_enabled() else gpu
+
+
+def prune_by_shared_memory(tile_elems, limit_bytes: int = 200 * 1024):
+    """An ``early_config_prune`` that drops configs whose pipelined tiles overflow shared memory.
+
+    ``tile_elems(config, args) -> int`` gives the elements one pipeline stage loads; the dtype
+    is read from ``args["values_ptr"]`` or ``args["a_ptr"]``. At least one config is kept (the
+    one needing the least memory), as the autotuner requires.
+    """
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        ref = args.get("values_ptr", args.get("a_ptr"))
+        itemsize = ref.element_size() if hasattr(ref, "element_size") else 4
+
+        def smem(c):
+            return c.num_stages * tile_elems(c, args) * itemsize
+
+        kept = [c for c in configs if smem(c) <= limit_bytes]
+        return kept or [min(configs, key=smem)]
+
+    return prune
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_plan(
+    device: torch.device,
+    n_inner: int,
+    nnz: int,
+    n_tiles: int,
+    workspace_bytes_per_split: int,
+) -> tuple[int, int]:
+    """``(split, n_splits)``: the most blocks one program reduces, and the most programs a
+    segment can be cut into (1 = no workspace, no reduction kernel).
+
+    n_inner: blocks in the longest possible segment (the grid dimension being reduced).
+    nnz: active blocks. n_tiles: programs per segment along the dense dims (P tiles x batch).
+    workspace_bytes_per_split: fp32 bytes of one partial for every segment (n_segs*BO*P*batch*4).
+
+    The default aims chunks at the work one resident program would do if all ``nnz * n_tiles``
+    block products were spread evenly over the GPU: a segment is cut only when it is longer
+    than that, i.e. when it would otherwise finish last. On CPU (interpreter) nothing runs in
+    parallel, so nothing is split unless :data:`FORCE_SPLIT` asks.
+    """
+    split = FORCE_SPLIT
+    if split is None:
+        if device.type != "cuda":
+            return max(n_inner, 1), 1
+        slots = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        split = max(SPLIT_MIN, triton.cdiv(nnz * n_tiles, slots * PROGRAMS_PER_SM))
+    if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+        raise ValueError(f"FORCE_SPLIT must be a positive int or None; got {split!r}")
+    n_splits = triton.cdiv(n_inner, split)
+    while n_splits > 1 and n_splits * workspace_bytes_per_split > WORKSPACE_BUDGET_BYTES:
+        split *= 2
+        n_splits = triton.cdiv(n_inner, split)
+    return split, max(n_splits, 1)
+
+
+@triton.jit(do_not_specialize=["SPLIT"])
+def reduce_split_partials_kernel(
+    ws_ptr,  # fp32 partials, addressed by the strides below
+    out_ptr,  # output, addressed by the strides below
+    seg_offsets_ptr,  # int32 [n_segs + 1]: block range of each segment
+    N_SEGS,
+    P,
+    SPLIT,
+    stride_wb,
+    stride_ws,
+    stride_wk,
+    stride_wo,
+    stride_wp,
+    stride_ob,
+    stride_oo,
+    stride_op,
+    BO: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """out[b, seg*BO + o, p] = sum_k ws[b, seg, k, o, p] for segments of more than SPLIT blocks.
+
+    One program per (segment, P tile, batch); segments of at most SPLIT blocks were written
+    by the matmul kernel itself and are skipped. Strides are in elements; "o" is the
+    segment's output block dimension and "p" the dense dimension, whatever their memory order.
+    """
+    i_pid = tl.program_id(0)
+    n_p = tl.cdiv(P, BLOCK_P)
+    i_seg = i_pid % N_SEGS
+    i_p = (i_pid // N_SEGS) % n_p
+    i_b = (i_pid // N_SEGS // n_p).to(tl.int64)
+
+    n_blk = tl.load(seg_offsets_ptr + i_seg + 1) - tl.load(seg_offsets_ptr + i_seg)
+    if n_blk > SPLIT:
+        o_o = tl.arange(0, BO).to(tl.int64)
+        o_p = i_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        m_p = o_p < P
+        p_w = ws_ptr + i_b * stride_wb + i_seg.to(tl.int64) * stride_ws
+        p_w += o_o[:, None] * stride_wo + o_p[None, :] * stride_wp
+        b_acc = tl.zeros([BO, BLOCK_P], dtype=tl.float32)
+        for _i_k in range(0, tl.cdiv(n_blk, SPLIT)):
+            b_acc += tl.load(p_w, mask=m_p[None, :], other=0.0)
+            p_w += stride_wk
+        p_o = out_ptr + i_b * stride_ob + (i_seg.to(tl.int64) * BO + o_o)[:, None] * stride_oo
+        p_o += o_p[None, :] * stride_op
+        tl.store(p_o, b_acc.to(out_ptr.dtype.element_ty), mask=m_p[None, :])
+
+
+def reduce_split_partials(
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    seg_offsets: torch.Tensor,
+    split: int,
+    n_batch: int,
+    P: int,
+    ws_strides: tuple[int, int, int, int, int],
+    out_strides: tuple[int, int, int],
+    BO: int,
+) -> None:
+    """Launch :func:`reduce_split_partials_kernel` over every (segment, P tile, batch)."""
+    n_segs = seg_offsets.shape[0] - 1
+    block_p = 32 if interpreter_enabled() else 64
+    grid = (n_segs * triton.cdiv(P, block_p) * n_batch,)
+    reduce_split_partials_kernel[grid](
+        ws, out, seg_offsets, n_segs, P, split, *ws_strides, *out_strides, BO=BO, BLOCK_P=block_p, num_warps=4
+    )
