@@ -235,6 +235,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds per timing")
     parser.add_argument("--quick", action="store_true", help="one small layer, one setting: a smoke run")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>)")
+    parser.add_argument("--note", default="", help="free text stored with the results (conditions, caveats)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
