@@ -1,0 +1,623 @@
+"""End-to-end CIFAR-10 training benchmark: dense vs. static vs. dynamic block-sparse ResNets.
+
+Usage::
+
+    python -m sparsekernels.train --model resnet20 --epochs 30 --data-dir ~/data --out runs/r20
+    python -m sparsekernels.train --model resnet18 --density 0.1 --method rigl --amp bf16 --channels-last
+    python -m sparsekernels.train --compare dense,rigl,evolutionary --density 0.1 --epochs 30
+
+Each run writes under ``--out``: ``record.json`` (configuration, versions, device, per-epoch
+loss/accuracy/time/throughput, parameters, FLOPs, sparsity summary, structure history),
+``accuracy.png`` (test accuracy vs. epoch and vs. wall-clock), ``churn.png`` (when a dynamic
+method recorded mask churn) and, with ``--checkpoint-every``, ``checkpoint-epochNNN.pt``.
+``--compare`` runs each configuration in a sub-folder and adds ``compare.json``,
+``compare.txt`` (the table) and ``compare.png``.
+
+Timing: epoch seconds cover the training steps only (evaluation is timed separately) and
+end with a device synchronisation, so GPU timings are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsekernels.data import CIFAR10, DeviceLoader, load_cifar10, synthetic_cifar10
+from sparsekernels.models import MODELS, build_model
+from sparsekernels.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sparsekernels.training.metrics import count_flops, count_parameters
+from sparsekernels.training.plotting import plot_accuracy, plot_churn
+from sparsekernels.training.progress import ProgressBar
+from sparsekernels.training.records import environment, to_jsonable, write_json
+from sparsekernels.training.schedules import SCHEDULES, build_scheduler
+
+METHODS = ("static", "set", "rigl", "evolutionary", "evolutionary-gradient")
+DISTRIBUTIONS = ("uniform", "er", "erk")
+BACKENDS = ("auto", "triton", "reference", "native")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 5e-2}
+# Sparse entries of --compare use --density, or this when --density is left at 1.0.
+DEFAULT_COMPARE_DENSITY = 0.1
+# A resumed run must be the same run: these options shape the model, the data order or the
+# schedule, so a checkpoint only continues under equal values.
+RESUME_KEYS = (
+    "model", "width", "density", "block_size", "distribution", "method", "update_every", "update_fraction",
+    "update_schedule", "stop_after", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
+    "label_smoothing", "batch_size", "epochs", "max_steps", "seed", "synthetic", "synthetic_size",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sparsekernels.train",
+        description="Train a (block-sparse) ResNet on CIFAR-10 and record accuracy, time and cost.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resnet20", choices=sorted(MODELS))
+    g.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (smoke runs)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="sgd: Nesterov momentum 0.9")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: sgd 0.1, adamw 1e-3)")
+    g.add_argument(
+        "--weight-decay", type=float, default=None, help="on conv/linear weights only (default: sgd 5e-4, adamw 0.05)"
+    )
+    g.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="stepped every optimizer step")
+    g.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=1.0,
+        help="linear warm-up of the cosine schedule (at most a fifth of the run's steps)",
+    )
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype (fp16 adds loss scaling)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory for model and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("sparsity")
+    g.add_argument("--density", type=float, default=1.0, help="fraction of weights kept (1.0 = dense)")
+    g.add_argument("--block-size", type=int, default=32)
+    g.add_argument("--distribution", default="erk", choices=DISTRIBUTIONS, help="per-layer density allocation")
+    g.add_argument("--method", default="static", choices=METHODS, help="topology update method")
+    g.add_argument("--update-every", type=int, default=100, help="optimizer steps between topology updates")
+    g.add_argument("--update-fraction", type=float, default=0.3, help="fraction of active blocks replaced")
+    g.add_argument("--update-schedule", default="cosine", choices=("constant", "cosine", "linear"))
+    g.add_argument("--stop-after", type=float, default=0.75, help="no updates after this fraction of the steps")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help="sparse kernel backend")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py (default: $SPARSEKERNELS_DATA)")
+    g.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped data (smoke runs only!)")
+    g.add_argument("--synthetic-size", type=int, default=2048, help="training images of --synthetic (test: 1/4)")
+    g.add_argument("--out", default=None, help="output folder (default: runs/<model>-<method>-<time>)")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: none)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from")
+    g.add_argument(
+        "--compare",
+        default=None,
+        help="comma-separated configurations run in sequence on the same budget, e.g. dense,rigl,evolutionary "
+        f"(sparse ones use --density, {DEFAULT_COMPARE_DENSITY} if it is 1.0; NAME@DENSITY overrides)",
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line; fills the optimizer-dependent defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    if args.weight_decay is None:
+        args.weight_decay = DEFAULT_WEIGHT_DECAY[args.optimizer]
+    checks = [
+        (args.epochs >= 1, f"--epochs must be >= 1; got {args.epochs}"),
+        (args.max_steps is None or args.max_steps >= 1, f"--max-steps must be >= 1; got {args.max_steps}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1; got {args.batch_size}"),
+        (args.width > 0, f"--width must be positive; got {args.width}"),
+        (0.0 < args.density <= 1.0, f"--density must be in (0, 1]; got {args.density}"),
+        (args.block_size >= 1, f"--block-size must be >= 1; got {args.block_size}"),
+        (args.update_every >= 1, f"--update-every must be >= 1; got {args.update_every}"),
+        (0.0 < args.update_fraction < 1.0, f"--update-fraction must be in (0, 1); got {args.update_fraction}"),
+        (0.0 <= args.stop_after <= 1.0, f"--stop-after must be in [0, 1]; got {args.stop_after}"),
+        (args.lr > 0, f"--lr must be positive; got {args.lr}"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0; got {args.weight_decay}"),
+        (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0; got {args.warmup_epochs}"),
+        (0.0 <= args.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1); got {args.label_smoothing}"),
+        (args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0; got {args.checkpoint_every}"),
+        (args.synthetic_size >= 1, f"--synthetic-size must be >= 1; got {args.synthetic_size}"),
+        (args.compare is None or args.resume is None, "--compare and --resume cannot be combined"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    if args.compare is None and args.method != "static" and args.density >= 1.0:
+        parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available in this PyTorch build/machine")
+    return device
+
+
+def warn(message: str) -> None:
+    print(f"\n*** {message} ***\n", file=sys.stderr, flush=True)
+
+
+def load_data(args: argparse.Namespace, device: torch.device) -> CIFAR10:
+    """The real dataset, or synthetic data with a loud warning under ``--synthetic``."""
+    if args.synthetic:
+        warn(
+            "--synthetic: training on RANDOM CIFAR-shaped data, not CIFAR-10. Accuracies are meaningless; "
+            "use this for smoke tests only"
+        )
+        n = args.synthetic_size
+        return synthetic_cifar10(n, max(1, n // 4), seed=args.seed, device=device)
+    try:
+        return load_cifar10(args.data_dir, device=device)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}\n(for a smoke run without the dataset, add --synthetic)") from err
+
+
+# ----------------------------------------------------------------------------- sparsity integration
+def sparsify_model(model: nn.Module, args: argparse.Namespace) -> Any:
+    """Make ``model`` block-sparse in place when ``--density < 1``; returns ``sparsify``'s summary
+    (a list of per-layer records) or None for a dense run."""
+    if args.density >= 1.0:
+        return None
+    from sparsekernels.nn import sparsify
+
+    return sparsify(
+        model,
+        density=args.density,
+        block_size=args.block_size,
+        distribution=args.distribution,
+        backend=args.backend,
+    )
+
+
+def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, args: argparse.Namespace, total_steps: int):
+    """The :class:`sparsekernels.dst.DynamicSparsity` engine for ``--method`` (None when static).
+
+    ``--stop-after`` is a fraction of the run; the engine takes a step count.
+    """
+    if args.method == "static" or args.density >= 1.0:
+        return None
+    from sparsekernels.dst import DynamicSparsity
+
+    return DynamicSparsity(
+        model,
+        optimizer,
+        method=args.method,
+        update_every=args.update_every,
+        fraction=args.update_fraction,
+        schedule=args.update_schedule,
+        stop_after=args.stop_after * total_steps,
+        seed=args.seed,
+    )
+
+
+# ----------------------------------------------------------------------------- one run
+def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """SGD (Nesterov, momentum 0.9) or AdamW; weight decay on conv/linear weights only.
+
+    Parameters with two or more dimensions are weights (dense ``[K, C, R, S]``/``[out, in]``,
+    sparse ``[nnz, bm, bn]``); vectors are biases and BatchNorm affine terms, which decay
+    would only pull towards zero without regularising anything.
+    """
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+class Trainer:
+    """Model, optimizer, schedule, loss scaler and sparsity engine of one run, with
+    ``state_dict``/``load_state_dict`` covering all of them (and the RNGs)."""
+
+    def __init__(self, args: argparse.Namespace, data: CIFAR10, device: torch.device) -> None:
+        self.args = args
+        self.device = device
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        self.train_loader = DeviceLoader(
+            data.train, args.batch_size, train=True, channels_last=args.channels_last, seed=args.seed
+        )
+        self.test_loader = DeviceLoader(
+            data.test, max(args.batch_size, 256), train=False, channels_last=args.channels_last
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = args.epochs * self.steps_per_epoch
+        if args.max_steps is not None:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        model = build_model(args.model, num_classes=len(data.classes), width=args.width).to(device)
+        self.dense_parameters = count_parameters(model)["total"]
+        self.sparsity = sparsify_model(model, args)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        # The compiled wrapper runs the steps; the plain module is what gets saved.
+        self.forward = torch.compile(model) if args.compile else model
+        self.optimizer = make_optimizer(model, args)
+        warmup = min(round(args.warmup_epochs * self.steps_per_epoch), self.total_steps // 5)
+        self.scheduler = build_scheduler(self.optimizer, args.schedule, self.total_steps, warmup)
+        self.amp_dtype = AMP_DTYPES[args.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.engine = build_engine(model, self.optimizer, args, self.total_steps)
+        self.step = 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_epoch(self, epoch: int, bar: ProgressBar) -> dict[str, float]:
+        """Run the steps of ``epoch`` (0-based) left in the budget; returns loss/accuracy/timing."""
+        steps = min(self.steps_per_epoch, self.total_steps - self.step)
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        # Running sums stay on the device; reading them (a sync) happens only when the bar draws.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        self.sync()
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(self.train_loader):
+            if i >= steps:
+                break
+            with self.autocast():
+                logits = self.forward(x)
+                loss = self.criterion(logits, y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.engine is not None:
+                # After the weights moved, before their gradients are cleared (gradient-based
+                # growth reads them).
+                self.engine.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += loss.detach().float() * y.shape[0]
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            seen += y.shape[0]
+            if bar.due(i + 1):
+                rate = seen / (time.perf_counter() - start)
+                acc = 100 * correct.item() / seen
+                bar.update(i + 1, **{"img/s": f"{rate:.0f}", "loss": loss_sum.item() / seen, "acc": f"{acc:.1f}%"})
+        self.sync()
+        seconds = time.perf_counter() - start
+        bar.close()
+        return {
+            "steps": steps,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test-set loss and accuracy (BN in eval mode, no augmentation)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        n = 0
+        start = time.perf_counter()
+        for x, y in self.test_loader:
+            with self.autocast():
+                logits = self.forward(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+            n += y.shape[0]
+        self.sync()
+        self.model.train()
+        return {
+            "test_loss": loss_sum.item() / n,
+            "test_acc": correct.item() / n,
+            "eval_seconds": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "engine": self.engine.state_dict() if self.engine is not None else None,
+            "step": self.step,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.engine is not None:
+            if state.get("engine") is None:
+                raise ValueError("the checkpoint holds no sparsity-engine state, but this run has an engine")
+            self.engine.load_state_dict(state["engine"])
+        self.step = int(state["step"])
+        set_rng_state(state["rng"])
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != "compare"}
+
+
+def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(args, key):
+            flag = "--" + key.replace("_", "-")
+            raise SystemExit(
+                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run used {saved.get(key)!r}; "
+                "--resume continues the same run, so pass the same options"
+            )
+
+
+def run(
+    args: argparse.Namespace, data: CIFAR10, device: torch.device, out: Path, label: str | None = None
+) -> dict[str, Any]:
+    """Train one configuration; write its record, plots and checkpoints under ``out``.
+
+    Returns the run record (the dict written to ``out/record.json``).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    label = label or (f"{args.method} d={args.density:g}" if args.density < 1 else "dense")
+    trainer = Trainer(args, data, device)
+    record: dict[str, Any] = {
+        "label": label,
+        "config": _config(args),
+        "environment": environment(device),
+        "data": {
+            "source": data.source,
+            "synthetic": args.synthetic,
+            "train_images": len(data.train),
+            "test_images": len(data.test),
+        },
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "total_steps": trainer.total_steps,
+        "dense_parameters": trainer.dense_parameters,
+        "sparsity": None,
+        "epochs": [],
+        "resumed_from": None,
+    }
+    if trainer.sparsity is not None:
+        record["sparsity"] = {
+            "global_density": getattr(trainer.sparsity, "global_density", None),
+            "layers": to_jsonable(list(trainer.sparsity)),
+        }
+        print(trainer.sparsity, flush=True)
+
+    start_epoch = 0
+    if args.resume is not None:
+        ckpt = load_checkpoint(args.resume, map_location=device)
+        _check_resume(args, ckpt["config"])
+        trainer.load_state_dict(ckpt["trainer"])
+        start_epoch = int(ckpt["epoch"])
+        record["epochs"] = ckpt["epochs"]
+        record["resumed_from"] = str(args.resume)
+        print(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.step}", flush=True)
+
+    budget = f"{trainer.num_epochs} epochs × {trainer.steps_per_epoch} steps"
+    if trainer.total_steps < trainer.num_epochs * trainer.steps_per_epoch:
+        budget += f" (capped at {trainer.total_steps} steps)"
+    print(
+        f"[{label}] {args.model} width {args.width:g} | {budget} | batch {args.batch_size} | "
+        f"{record['environment']['device_name']} | out {out}",
+        flush=True,
+    )
+
+    def save(epoch: int, finished: bool) -> None:
+        save_checkpoint(
+            out / f"checkpoint-epoch{epoch:03d}.pt",
+            {
+                "config": _config(args),
+                "epoch": epoch,
+                "finished": finished,
+                "epochs": record["epochs"],
+                "trainer": trainer.state_dict(),
+            },
+        )
+
+    wall_clock = record["epochs"][-1]["wall_clock"] if record["epochs"] else 0.0
+    for epoch in range(start_epoch, trainer.num_epochs):
+        bar = ProgressBar(trainer.steps_per_epoch, prefix=f"epoch {epoch + 1}/{trainer.num_epochs}")
+        stats = trainer.train_epoch(epoch, bar)
+        stats.update(trainer.evaluate())
+        wall_clock += stats["epoch_seconds"]
+        stats = {"epoch": epoch + 1, **stats, "wall_clock": wall_clock}
+        record["epochs"].append(stats)
+        print(
+            f"epoch {epoch + 1:3d}/{trainer.num_epochs}  train loss {stats['train_loss']:.4f}  "
+            f"train acc {100 * stats['train_acc']:5.2f}%  test acc {100 * stats['test_acc']:5.2f}%  "
+            f"{stats['epoch_seconds']:7.1f} s  {stats['images_per_second']:7.0f} img/s",
+            flush=True,
+        )
+        finished = trainer.step >= trainer.total_steps
+        if args.checkpoint_every and ((epoch + 1) % args.checkpoint_every == 0 or finished):
+            save(epoch + 1, finished)
+        # Rewritten every epoch so a crash keeps the curve so far.
+        write_json(out / "record.json", _finish(record, trainer, final=False))
+    if start_epoch >= trainer.num_epochs:
+        print(f"nothing to do: the checkpoint already completed the run's {trainer.total_steps} steps", flush=True)
+
+    record = _finish(record, trainer, final=True)
+    write_json(out / "record.json", record)
+    plot_accuracy([record], [label], out / "accuracy.png")
+    plot_churn([record["structure_history"]], [label], out / "churn.png")
+    return record
+
+
+def _finish(record: dict[str, Any], trainer: Trainer, final: bool) -> dict[str, Any]:
+    """The record with the end-of-run fields (history, summary numbers and, when ``final``,
+    parameters and FLOPs of the trained model, which cost a forward pass)."""
+    epochs = record["epochs"]
+    # Throughput of steady epochs: the first one pays for warm-up (compilation, autotuning).
+    steady = epochs[1:] if len(epochs) > 1 else epochs
+    history = getattr(trainer.engine, "history", None) if trainer.engine is not None else None
+    summary = {
+        **record,
+        "steps_done": trainer.step,
+        "structure_history": to_jsonable(history) if history is not None else None,
+        "final_test_acc": epochs[-1]["test_acc"] if epochs else None,
+        "best_test_acc": max((e["test_acc"] for e in epochs), default=None),
+        "train_seconds": sum(e["epoch_seconds"] for e in epochs),
+        "steady_images_per_second": (
+            sum(e["steps"] for e in steady) * trainer.args.batch_size / sum(e["epoch_seconds"] for e in steady)
+            if steady
+            else None
+        ),
+    }
+    if final:
+        # FLOPs do not depend on pixel values: one blank image is enough for the shape trace.
+        example = torch.zeros(1, 3, 32, 32, device=trainer.device)
+        summary["parameters"] = count_parameters(trainer.model)
+        summary["flops_per_image"] = count_flops(trainer.model, example)
+    return summary
+
+
+# ----------------------------------------------------------------------------- comparison
+def parse_compare(spec: str, args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
+    """``"dense,rigl,evolutionary@0.05"`` -> (label, args) per configuration."""
+    runs = []
+    sparse_density = args.density if args.density < 1.0 else DEFAULT_COMPARE_DENSITY
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, _, density_text = item.partition("@")
+        sub = copy.copy(args)
+        sub.compare = None
+        if name == "dense":
+            if density_text:
+                raise SystemExit(f"error: --compare entry {item!r}: dense takes no density")
+            sub.density, sub.method = 1.0, "static"
+        elif name in METHODS:
+            sub.method = name
+            try:
+                sub.density = float(density_text) if density_text else sparse_density
+            except ValueError:
+                raise SystemExit(f"error: --compare entry {item!r}: density must be a number") from None
+            if not 0.0 < sub.density < 1.0:
+                raise SystemExit(f"error: --compare entry {item!r}: density must be in (0, 1)")
+        else:
+            raise SystemExit(f"error: --compare entry {item!r}: use dense or one of {', '.join(METHODS)}")
+        runs.append((item, sub))
+    if not runs:
+        raise SystemExit("error: --compare needs at least one configuration")
+    return runs
+
+
+def _si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def compare_table(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: accuracy, time per epoch, speedup over dense, parameters, FLOPs.
+
+    Time per epoch is the training-set size over the steady-state throughput (epochs after
+    the first), so capped smoke runs and full runs read alike.
+    """
+    dense = next((r for r in records if r["config"]["density"] >= 1.0), None)
+    header = ["run", "density", "test acc %", "best %", "s/epoch", "speedup", "params", "fwd FLOPs/img"]
+    rows = []
+    for r in records:
+        ips = r["steady_images_per_second"]
+        speedup = ips / dense["steady_images_per_second"] if dense is not None and ips else None
+        rows.append(
+            [
+                r["label"],
+                f"{r['config']['density']:g}",
+                f"{100 * r['final_test_acc']:.2f}" if r["final_test_acc"] is not None else "-",
+                f"{100 * r['best_test_acc']:.2f}" if r["best_test_acc"] is not None else "-",
+                f"{r['data']['train_images'] / ips:.1f}" if ips else "-",
+                f"{speedup:.2f}×" if speedup is not None else "-",
+                _si(r["parameters"]["total"]),
+                _si(r["flops_per_image"]["effective"]),
+            ]
+        )
+    return header, rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-style table (tabulate when installed, else a plain aligned one)."""
+    try:
+        from tabulate import tabulate
+
+        return tabulate(rows, headers=header, tablefmt="github")
+    except ImportError:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+        lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in (header, *rows)]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace, data: CIFAR10, device: torch.device, out: Path) -> list[dict[str, Any]]:
+    records = []
+    for label, sub in parse_compare(args.compare, args):
+        folder = label.replace("@", "-d")
+        records.append(run(sub, data, device, out / folder, label=label))
+    header, rows = compare_table(records)
+    table = format_table(header, rows)
+    print(table, flush=True)
+    (out / "compare.txt").write_text(table + "\n")
+    write_json(out / "compare.json", {"table": {"header": header, "rows": rows}, "runs": records})
+    labels = [r["label"] for r in records]
+    plot_accuracy(records, labels, out / "compare.png")
+    plot_churn([r["structure_history"] for r in records], labels, out / "compare-churn.png")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.out is None:
+        tag = "compare" if args.compare else (f"{args.method}-d{args.density:g}" if args.density < 1 else "dense")
+        args.out = str(Path("runs") / f"{args.model}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out)
+    data = load_data(args, device)
+    if args.compare:
+        run_compare(args, data, device, out)
+    else:
+        run(args, data, device, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The training CLI end to end on tiny synthetic data, resume, compare, and its helpers.
+
+Every CLI run here uses ``--synthetic`` on CPU with a narrow model and a handful of steps;
+nothing touches the network or the real dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import types
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+from sparsekernels import train
+from sparsekernels.data import cifar10 as cifar_module
+from sparsekernels.training.checkpoint import load_checkpoint
+from sparsekernels.training.metrics import count_flops, count_parameters
+from sparsekernels.training.plotting import churn_series
+from sparsekernels.training.progress import ProgressBar
+from sparsekernels.training.records import to_jsonable
+from sparsekernels.training.schedules import build_scheduler, warmup_cosine_factor
+
+TINY = ["--synthetic", "--device", "cpu", "--width", "0.25", "--batch-size", "8"]
+# Sparse runs: width 0.5 (8-16-32 channels) with 8-blocks, reference kernels on CPU, 64 images.
+SPARSE = [
+    *("--synthetic", "--synthetic-size", "64", "--device", "cpu", "--batch-size", "8"),
+    *("--width", "0.5", "--block-size", "8", "--backend", "reference"),
+]
+
+
+def read_record(folder) -> dict:
+    return json.loads((folder / "record.json").read_text())
+
+
+def test_cli_end_to_end_writes_record_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--max-steps", "3", "--out", str(out)]) == 0
+    record = read_record(out)
+    assert record["steps_done"] == 3 and record["total_steps"] == 3
+    assert record["config"]["max_steps"] == 3 and record["config"]["lr"] == 0.1  # sgd default filled in
+    assert record["environment"]["torch"] == torch.__version__ and record["environment"]["python"]
+    assert record["data"]["synthetic"] is True
+    (epoch,) = record["epochs"]
+    assert epoch["epoch"] == 1 and epoch["steps"] == 3
+    for key in ("train_loss", "train_acc", "test_acc", "epoch_seconds", "images_per_second", "wall_clock"):
+        assert math.isfinite(epoch[key]), key
+    assert record["parameters"]["total"] == record["dense_parameters"]
+    assert record["flops_per_image"]["effective"] == record["flops_per_image"]["dense"] > 0
+    assert (out / "accuracy.png").stat().st_size > 0
+    assert not (out / "churn.png").exists(), "a dense run has no structure history"
+    captured = capsys.readouterr()
+    assert "epoch   1/1" in captured.out and "img/s" in captured.out
+    assert "RANDOM" in captured.err, "--synthetic must say loudly that the data is not CIFAR-10"
+
+
+def test_cli_sparse_static_channels_last_amp(tmp_path):
+    out = tmp_path / "sparse"
+    args = [*SPARSE, "--density", "0.5", "--channels-last", "--amp", "bf16", "--max-steps", "2", "--out", str(out)]
+    train.main(args)
+    record = read_record(out)
+    assert record["sparsity"]["global_density"] == pytest.approx(0.5, abs=0.05)
+    assert record["parameters"]["total"] < record["dense_parameters"]
+    assert record["flops_per_image"]["effective"] < record["flops_per_image"]["dense"]
+    assert record["epochs"][0]["steps"] == 2
+
+
+class FakeEngine:
+    """Stands in for ``sparsekernels.dst.DynamicSparsity`` with the API train.py assumes."""
+
+    instances: list[FakeEngine] = []
+
+    def __init__(self, model, optimizer, **kwargs):
+        self.kwargs, self.steps, self.history = kwargs, 0, []
+        FakeEngine.instances.append(self)
+
+    def step(self):
+        self.steps += 1
+        self.history.append({"step": self.steps, "churn": 0.5 / self.steps})
+
+    def state_dict(self):
+        return {"steps": self.steps, "history": list(self.history)}
+
+    def load_state_dict(self, state):
+        self.steps, self.history = state["steps"], list(state["history"])
+
+
+def test_cli_dynamic_method_drives_engine(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sparsekernels.dst", types.SimpleNamespace(DynamicSparsity=FakeEngine))
+    FakeEngine.instances.clear()
+    out = tmp_path / "rigl"
+    args = [*SPARSE, "--density", "0.5", "--method", "rigl", "--update-every", "1", "--update-fraction", "0.2"]
+    train.main([*args, "--stop-after", "0.5", "--max-steps", "3", "--checkpoint-every", "1", "--out", str(out)])
+    (engine,) = FakeEngine.instances
+    assert engine.steps == 3, "the engine steps once per optimizer step"
+    assert engine.kwargs == {
+        "method": "rigl",
+        "update_every": 1,
+        "fraction": 0.2,
+        "schedule": "cosine",
+        "stop_after": 1.5,  # --stop-after 0.5 of the 3 steps
+        "seed": 0,
+    }
+    record = read_record(out)
+    assert record["structure_history"] == engine.history
+    assert (out / "churn.png").exists()
+    assert load_checkpoint(out / "checkpoint-epoch001.pt")["trainer"]["engine"]["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param([*TINY, "--schedule", "one-cycle"], id="dense"),
+        pytest.param(
+            [*SPARSE, "--density", "0.3", "--method", "evolutionary", "--update-every", "1"], id="evolutionary"
+        ),
+    ],
+)
+def test_resume_continues_exactly(tmp_path, config):
+    """Two epochs straight == one epoch, checkpoint, resume, second epoch (the real engine's
+    state, topology included, travels through the checkpoint)."""
+    if "evolutionary" in config:
+        pytest.importorskip("sparsekernels.dst")
+    common = [*config, "--synthetic-size", "16", "--epochs", "2", "--checkpoint-every", "1"]
+    full = tmp_path / "full"
+    train.main([*common, "--out", str(full)])
+    assert (full / "checkpoint-epoch001.pt").exists() and (full / "checkpoint-epoch002.pt").exists()
+
+    resumed = tmp_path / "resumed"
+    train.main([*common, "--out", str(resumed), "--resume", str(full / "checkpoint-epoch001.pt")])
+    expected = load_checkpoint(full / "checkpoint-epoch002.pt")["trainer"]
+    actual = load_checkpoint(resumed / "checkpoint-epoch002.pt")["trainer"]
+    assert actual["step"] == expected["step"] == 4
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    record = read_record(resumed)
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert record["epochs"][0] == read_record(full)["epochs"][0], "the resumed record keeps the first epoch"
+    assert record["resumed_from"].endswith("checkpoint-epoch001.pt")
+    assert record["structure_history"] == read_record(full)["structure_history"]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    common = [*TINY, "--synthetic-size", "16", "--max-steps", "2", "--checkpoint-every", "1"]
+    train.main([*common, "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="--lr"):
+        train.main(
+            [
+                *common,
+                "--lr",
+                "0.05",
+                "--out",
+                str(tmp_path / "b"),
+                "--resume",
+                str(tmp_path / "a" / "checkpoint-epoch001.pt"),
+            ]
+        )
+
+
+def test_compare_prints_table_and_writes_combined_outputs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    train.main([*SPARSE, "--max-steps", "2", "--compare", "dense,static@0.5", "--out", str(out)])
+    table = (out / "compare.txt").read_text()
+    assert table in capsys.readouterr().out
+    for column in ("test acc", "s/epoch", "speedup", "params", "FLOPs"):
+        assert column in table
+    summary = json.loads((out / "compare.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["dense", "static@0.5"]
+    assert summary["table"]["rows"][0][5] == "1.00×", "dense is its own baseline"
+    assert (out / "compare.png").exists() and (out / "dense" / "record.json").exists()
+    assert (out / "static-d0.5" / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "rigl"], "--density"),
+        (["--density", "1.5"], "--density"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--compare", "dense", "--resume", "x.pt"], "--resume"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_compare_entries_are_validated():
+    args = train.parse_args(["--compare", "dense,rigl"])
+    (_, dense), (_, rigl) = train.parse_compare(args.compare, args)
+    assert (dense.density, dense.method) == (1.0, "static")
+    assert (rigl.density, rigl.method) == (train.DEFAULT_COMPARE_DENSITY, "rigl")
+    with pytest.raises(SystemExit, match="sgd"):
+        train.parse_compare("sgd", args)
+
+
+def test_missing_data_without_synthetic_exits_with_hint(tmp_path, monkeypatch):
+    def offline(url, dest, timeout=60.0):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(cifar_module, "_fetch", offline)
+    with pytest.raises(SystemExit, match="--synthetic") as err:
+        train.main(["--device", "cpu", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert cifar_module.URL in str(err.value)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_warmup_cosine_schedule():
+    assert warmup_cosine_factor(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine_factor(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine_factor(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine_factor(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine_factor(100, 100, 10) == pytest.approx(0.0)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = build_scheduler(opt, "one-cycle", total_steps=10)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) <= 0.2 + 1e-9 and lrs[-1] < 0.01
+    with pytest.raises(ValueError, match="schedule"):
+        build_scheduler(opt, "step", total_steps=10)
+
+
+def test_flops_and_parameters_by_hand():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    flops = count_flops(model, torch.randn(2, 3, 8, 8))
+    macs = 4 * 8 * 8 * (3 * 3 * 3) + 5 * 256
+    assert flops == {"dense": 2.0 * macs, "effective": 2.0 * macs}
+    with torch.no_grad():
+        model[2].bias.zero_()
+    assert count_parameters(model) == {"total": 108 + 256 * 5 + 5, "nonzero": 108 + 256 * 5}
+
+
+def test_progress_bar_draws_only_when_enabled():
+    stream = io.StringIO()
+    bar = ProgressBar(4, prefix="epoch 1/1", stream=stream, interval=0.0, enabled=True)
+    bar.update(2, loss=1.23456, acc="50.0%")
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" in text and "2/4" in text and "loss 1.235" in text and "acc 50.0%" in text
+    silent = io.StringIO()
+    ProgressBar(4, stream=silent).update(4, loss=1.0)  # StringIO is not a terminal
+    assert silent.getvalue() == ""
+
+
+def test_to_jsonable_and_churn_series():
+    data = to_jsonable({"t": torch.tensor([1.5, 2.0]), "nan": float("nan"), "shape": (1, 2), "dtype": torch.float32})
+    assert data == {"t": [1.5, 2.0], "nan": None, "shape": [1, 2], "dtype": "torch.float32"}
+    assert churn_series([{"step": 10, "churn": {"a": 0.2, "b": 0.4}}, {"step": 20, "churn": 0.1}]) == (
+        [10.0, 20.0],
+        [pytest.approx(0.3), 0.1],
+    )
+    assert churn_series([{"step": 1, "density": 0.1}]) is None
+    assert churn_series(None) is None
