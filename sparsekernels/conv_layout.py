@@ -27,7 +27,7 @@ reads block-column ``cb`` through the transposed traversal, whose block-row give
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -38,8 +38,10 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``(v, v)`` from an int, or the validated pair itself."""
     if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return (int(value[0]), int(value[1]))
     raise TypeError(f"{name} must be an int or a pair of ints; got {value!r}")
@@ -76,9 +78,7 @@ def conv_layout_shape(
     return (R * S * out_channels, in_channels), (bk, bc)
 
 
-def conv_layout_from_mask(
-    mask: torch.Tensor, block_size: int | Sequence[int], nnz: int | None = None
-) -> BlockLayout:
+def conv_layout_from_mask(mask: torch.Tensor, block_size: int | Sequence[int], nnz: int | None = None) -> BlockLayout:
     """Layout from an element mask ``[K, C, R, S]`` (a block is active where any element is)."""
     if mask.dim() != 4:
         raise ValueError(f"mask must be 4-D [K, C, R, S]; got shape {tuple(mask.shape)}")
@@ -87,7 +87,9 @@ def conv_layout_from_mask(
     return BlockLayout.from_mask(conv_weight_to_matrix(mask != 0), block_size, nnz)
 
 
-def conv_layout_from_tap_masks(tap_masks: torch.Tensor, block_size: int | Sequence[int], nnz: int | None = None) -> BlockLayout:
+def conv_layout_from_tap_masks(
+    tap_masks: torch.Tensor, block_size: int | Sequence[int], nnz: int | None = None
+) -> BlockLayout:
     """Layout from per-tap block masks ``[R*S, K/bk, C/bc]`` (bool)."""
     if tap_masks.dim() != 3:
         raise ValueError(f"tap_masks must be 3-D [R*S, K/bk, C/bc]; got shape {tuple(tap_masks.shape)}")

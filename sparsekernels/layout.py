@@ -37,8 +37,8 @@ of equal ``nnz`` never trigger recompilation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -55,8 +55,10 @@ def normalize_block_size(block_size: int | Sequence[int], name: str = "block_siz
         raise TypeError(f"{name} must be an int or a pair of ints; got {block_size!r}")
     if isinstance(block_size, int):
         pair = (block_size, block_size)
-    elif isinstance(block_size, (tuple, list)) and len(block_size) == 2 and all(
-        isinstance(b, int) and not isinstance(b, bool) for b in block_size
+    elif (
+        isinstance(block_size, (tuple, list))
+        and len(block_size) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in block_size)
     ):
         pair = (int(block_size[0]), int(block_size[1]))
     else:
@@ -277,9 +279,7 @@ class BlockLayout:
         return cls(tuple(int(s) for s in shape), normalize_block_size(block_size), **fields)
 
     def to(self, device) -> "BlockLayout":
-        return BlockLayout.from_fields(
-            self.shape, self.block_size, {k: v.to(device) for k, v in self.fields().items()}
-        )
+        return BlockLayout.from_fields(self.shape, self.block_size, {k: v.to(device) for k, v in self.fields().items()})
 
     # ------------------------------------------------------------------ conversions
     def to_block_mask(self) -> torch.Tensor:
@@ -322,9 +322,7 @@ class BlockLayout:
         layout, so ``values_t = values[layout.block_indices_t].transpose(-1, -2)``.
         """
         inverse = torch.empty_like(self.block_indices_t)
-        inverse[self.block_indices_t.long()] = torch.arange(
-            self.nnz, dtype=_INDEX_DTYPE, device=self.device
-        )
+        inverse[self.block_indices_t.long()] = torch.arange(self.nnz, dtype=_INDEX_DTYPE, device=self.device)
         return BlockLayout(
             shape=(self.shape[1], self.shape[0]),
             block_size=(self.block_size[1], self.block_size[0]),
@@ -355,9 +353,7 @@ class BlockLayout:
             )
         R, C = self.grid
         slot_of_cell = torch.full((R * C,), -1, dtype=torch.int64, device=self.device)
-        slot_of_cell[self.row_indices.long() * C + self.col_indices.long()] = torch.arange(
-            self.nnz, device=self.device
-        )
+        slot_of_cell[self.row_indices.long() * C + self.col_indices.long()] = torch.arange(self.nnz, device=self.device)
         return slot_of_cell[new_layout.row_indices.long() * C + new_layout.col_indices.long()]
 
     # ------------------------------------------------------------------ validation
@@ -379,7 +375,9 @@ class BlockLayout:
         if not isinstance(dense, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(dense).__name__}")
         if dense.dim() < 2 or tuple(dense.shape[-2:]) != self.shape:
-            raise ValueError(f"{name} must have shape [..., {self.shape[0]}, {self.shape[1]}]; got {tuple(dense.shape)}")
+            raise ValueError(
+                f"{name} must have shape [..., {self.shape[0]}, {self.shape[1]}]; got {tuple(dense.shape)}"
+            )
         if dense.device != self.device:
             raise ValueError(f"{name} is on {dense.device} but the layout is on {self.device}")
 

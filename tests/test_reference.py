@@ -61,8 +61,8 @@ def test_gradcheck_matmul_ops(transpose, device):
     b = torch.randn(2, inner_dsd, 3, dtype=F64, device=device, requires_grad=True)
     a = torch.randn(2, 3, inner_dds, dtype=F64, device=device, requires_grad=True)
     for backend_fn in (ref, _Public):
-        assert torch.autograd.gradcheck(lambda v, b: backend_fn.dsd(v, layout, b, transpose), (values, b))
-        assert torch.autograd.gradcheck(lambda a, v: backend_fn.dds(a, v, layout, transpose), (a, values))
+        assert torch.autograd.gradcheck(lambda v, b, fn=backend_fn: fn.dsd(v, layout, b, transpose), (values, b))
+        assert torch.autograd.gradcheck(lambda a, v, fn=backend_fn: fn.dds(a, v, layout, transpose), (a, values))
     x = torch.randn(M, 4, dtype=F64, device=device, requires_grad=True)
     y = torch.randn(4, N, dtype=F64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: ref.sdd(x, y, layout), (x, y))

@@ -15,6 +15,7 @@ device, and compiled graphs or CUDA graphs that captured the buffers stay valid.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
@@ -178,4 +179,3 @@ def autocast_inputs(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple:
         return (x, *tensors)
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in (x, *tensors))
-

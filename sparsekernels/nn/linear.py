@@ -106,9 +106,7 @@ class SparseLinear(BlockSparseWeight):
             layout = BlockLayout.from_mask(mask.to(weight.device), block_size)
         else:
             layout = top_blocks_layout(weight, block_size, 1.0 if density is None else density)
-        layer = cls(
-            in_f, out_f, linear.bias is not None, layout=layout, device=weight.device, dtype=weight.dtype
-        )
+        layer = cls(in_f, out_f, linear.bias is not None, layout=layout, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             layer.weight_values.copy_(layout.dense_to_values(weight))
             if linear.bias is not None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -29,6 +31,18 @@ _MODULES = {
     "triton": "sparsekernels.ops.triton_backend",
     "native": "sparsekernels.ops.native_backend",
 }
+
+
+def _default_to_interpreter() -> None:
+    """With a CPU-only build of torch, Triton can only ever run under its interpreter. The
+    switch must be made before anything imports triton (torch._dynamo does, on the first
+    custom-op call), so it is made when sparsekernels is imported; an explicit
+    TRITON_INTERPRET in the environment wins. A build-time property, not a device query."""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_default_to_interpreter()
 
 
 @functools.cache
@@ -43,11 +57,18 @@ def native_available() -> bool:
 
 @functools.cache
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    # find_spec, not import: importing triton fixes its interpreter mode for the process.
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_imported_for_gpu() -> bool:
+    """Whether triton.language was already imported with the interpreter off: its own jit
+    helpers are then compiled functions, which the interpreter cannot call."""
+    if "triton.language.standard" not in sys.modules:
         return False
-    return True
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(getattr(sys.modules["triton.language.standard"], "cdiv", None), JITFunction)
 
 
 def interpreter_enabled() -> bool:
@@ -68,13 +89,14 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package, which is not installed")
-        if device.type == "cpu" and not interpreter_enabled():
-            if torch.cuda.is_available():
+        if device.type == "cpu" and (not interpreter_enabled() or _triton_imported_for_gpu()):
+            if torch.cuda.is_available() or _triton_imported_for_gpu():
                 raise RuntimeError(
                     "backend='triton' on CPU tensors runs under Triton's interpreter: set "
-                    "TRITON_INTERPRET=1 in the environment before starting Python"
+                    "TRITON_INTERPRET=1 in the environment before triton is first imported"
                 )
-            # No GPU in this process: the interpreter is the only way Triton can run.
+            # No GPU in this process and triton not loaded yet: the interpreter is the only
+            # way Triton can run here, and the switch must happen before triton's import.
             os.environ["TRITON_INTERPRET"] = "1"
         elif device.type not in ("cpu", "cuda"):
             raise ValueError(f"backend='triton' supports CUDA (and CPU via the interpreter); got {device}")
@@ -83,8 +105,7 @@ def resolve(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend='native' runs on CPU tensors; got {device}")
         if not native_available():
             raise RuntimeError(
-                "backend='native' is not available: the C++ extension was not built "
-                "(see README, 'Native CPU backend')"
+                "backend='native' is not available: the C++ extension was not built (see README, 'Native CPU backend')"
             )
     return backend
 

@@ -57,7 +57,9 @@ def check_dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transp
     check_dim(a, "a", -1, inner, "columns (the sparse operand's inner dimension)")
 
 
-def check_conv(x: torch.Tensor, values: torch.Tensor | None, layout: BlockLayout, kernel_size, stride, padding, dilation):
+def check_conv(
+    x: torch.Tensor, values: torch.Tensor | None, layout: BlockLayout, kernel_size, stride, padding, dilation
+):
     """Validate a convolution call; returns the normalised ``(kernel_size, stride, padding, dilation)``."""
     check_operands(layout, values, x=x)
     if x.dim() != 4:
@@ -77,7 +79,29 @@ def check_conv(x: torch.Tensor, values: torch.Tensor | None, layout: BlockLayout
     for i, (size, k) in enumerate(zip(x.shape[2:], (R, S))):
         if size + 2 * pd[i] < dl[i] * (k - 1) + 1:
             raise ValueError(
-                f"x spatial size {tuple(x.shape[2:])} with padding {pd} is smaller than the "
-                f"dilated kernel {(R, S)}"
+                f"x spatial size {tuple(x.shape[2:])} with padding {pd} is smaller than the dilated kernel {(R, S)}"
             )
     return (R, S), st, pd, dl
+
+
+def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one spatial dimension (torch's formula)."""
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def check_conv_grad_output(dy: torch.Tensor, layout: BlockLayout, input_shape, kernel_size, stride, padding, dilation):
+    """Validate the output gradient ``dy [N, K, Ho, Wo]`` of a convolution whose input had
+    ``input_shape (N, C, H, W)``; returns the normalised ``(kernel_size, stride, padding, dilation)``."""
+    check_operands(layout, None, dy=dy)
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be [N, C, H, W]; got {list(input_shape)}")
+    # check_conv validates the geometry on a zero-stride stand-in for x (one element of storage).
+    stand_in = dy.new_empty_strided(input_shape, (0, 0, 0, 0))
+    ks, st, pd, dl = check_conv(stand_in, None, layout, kernel_size, stride, padding, dilation)
+    N, _, H, W = input_shape
+    K = layout.shape[0] // (ks[0] * ks[1])
+    expected = (N, K, *(conv_output_size(s, ks[i], st[i], pd[i], dl[i]) for i, s in enumerate((H, W))))
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have shape [N, K, Ho, Wo] = {list(expected)}; got {tuple(dy.shape)}")
+    return ks, st, pd, dl

@@ -15,13 +15,14 @@ Gradients (``S`` is the sparse ``[M, N]`` operand, ``G`` the output gradient)::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from sparsekernels.layout import INDEX_FIELDS, BlockLayout
 from sparsekernels.ops import backends
+from sparsekernels.ops.checks import conv_output_size
 
 _LIB = "sparsekernels"
 # Autograd of custom ops wants one entry per tensor of a tensor-list input.
@@ -91,7 +92,12 @@ sdd_op.register_autograd(_sdd_backward, setup_context=_sdd_setup)
 # ---------------------------------------------------------------------------- dsd
 @torch.library.custom_op(f"{_LIB}::dsd", mutates_args=())
 def dsd_op(
-    values: Tensor, layout_tensors: list[Tensor], layout_meta: list[int], b: Tensor, transpose_sparse: bool, backend: str
+    values: Tensor,
+    layout_tensors: list[Tensor],
+    layout_meta: list[int],
+    b: Tensor,
+    transpose_sparse: bool,
+    backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
     return _impl("dsd", backend, b.device)(values, layout, b, transpose_sparse)
@@ -129,7 +135,12 @@ dsd_op.register_autograd(_dsd_backward, setup_context=_dsd_setup)
 # ---------------------------------------------------------------------------- dds
 @torch.library.custom_op(f"{_LIB}::dds", mutates_args=())
 def dds_op(
-    a: Tensor, values: Tensor, layout_tensors: list[Tensor], layout_meta: list[int], transpose_sparse: bool, backend: str
+    a: Tensor,
+    values: Tensor,
+    layout_tensors: list[Tensor],
+    layout_meta: list[int],
+    transpose_sparse: bool,
+    backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
     return _impl("dds", backend, a.device)(a, values, layout, transpose_sparse)
@@ -180,10 +191,6 @@ def conv2d_op(
     return fn(x, values, layout, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
 
 
-def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
 @conv2d_op.register_fake
 def _(x, values, layout_tensors, layout_meta, kernel_size, stride, padding, dilation, backend):
     K = layout_meta[0] // (kernel_size[0] * kernel_size[1])
@@ -207,7 +214,9 @@ def conv2d_input_grad_op(
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
     fn = _impl("conv2d_input_grad", backend, dy.device)
-    return fn(dy, values, layout, tuple(input_shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    return fn(
+        dy, values, layout, tuple(input_shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
+    )
 
 
 @conv2d_input_grad_op.register_fake
@@ -248,7 +257,9 @@ def _conv_backward(ctx, grad):
     meta, kernel_size, stride, padding, dilation, backend = ctx.args
     dx = dvalues = None
     if ctx.needs_input_grad[0]:
-        dx = conv2d_input_grad_op(grad, values, lt, meta, list(x.shape), kernel_size, stride, padding, dilation, backend)
+        dx = conv2d_input_grad_op(
+            grad, values, lt, meta, list(x.shape), kernel_size, stride, padding, dilation, backend
+        )
     if ctx.needs_input_grad[1]:
         dvalues = conv2d_weight_grad_op(x, grad, lt, meta, kernel_size, stride, padding, dilation, backend)
     return dx, dvalues, _NO_GRADS, None, None, None, None, None, None

@@ -10,14 +10,21 @@ to run them on a CPU at low density.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from sparsekernels.conv_layout import conv_matrix_to_weight, conv_weight_to_matrix
 from sparsekernels.layout import BlockLayout
-from sparsekernels.ops.checks import check_conv, check_dds, check_dsd, check_operands, check_sdd
+from sparsekernels.ops.checks import (
+    check_conv,
+    check_conv_grad_output,
+    check_dds,
+    check_dsd,
+    check_operands,
+    check_sdd,
+)
 
 __all__ = ["sdd", "dsd", "dds", "conv2d"]
 
@@ -34,9 +41,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     return torch.bmm(a_rows, b_cols)
 
 
-def dsd(
-    values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool = False
-) -> torch.Tensor:
+def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool = False) -> torch.Tensor:
     """Sparse times dense: ``S @ b`` (or ``Sᵀ @ b`` when ``transpose_sparse``).
 
     values: ``[nnz, bm, bn]``; b: ``[..., N, P]`` (``[..., M, P]`` transposed)
@@ -57,9 +62,7 @@ def dsd(
     return out.reshape(*lead, R * bm, P)
 
 
-def dds(
-    a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool = False
-) -> torch.Tensor:
+def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool = False) -> torch.Tensor:
     """Dense times sparse: ``a @ S`` (or ``a @ Sᵀ`` when ``transpose_sparse``).
 
     a: ``[..., P, M]`` (``[..., P, N]`` transposed); values: ``[nnz, bm, bn]``
@@ -117,6 +120,9 @@ def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation):
 def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation):
     """dy ``[N, K, Ho, Wo]`` -> dx ``[N, C, H, W]`` (channels-last memory)."""
     check_operands(layout, values, dy=dy)
+    kernel_size, stride, padding, dilation = check_conv_grad_output(
+        dy, layout, input_shape, kernel_size, stride, padding, dilation
+    )
     weight = conv_matrix_to_weight(layout.values_to_dense(values), kernel_size)
     dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy, stride, padding, dilation)
     return dx.contiguous(memory_format=torch.channels_last)
@@ -126,6 +132,7 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
     """x ``[N, C, H, W]``, dy ``[N, K, Ho, Wo]`` -> dvalues ``[nnz, bk, bc]`` (active blocks only)."""
     kernel_size, stride, padding, dilation = check_conv(x, None, layout, kernel_size, stride, padding, dilation)
     check_operands(layout, None, x=x, dy=dy)
+    check_conv_grad_output(dy, layout, x.shape, kernel_size, stride, padding, dilation)
     R, S = kernel_size
     K = layout.shape[0] // (R * S)
     dweight = torch.nn.grad.conv2d_weight(x, [K, x.shape[1], R, S], dy, stride, padding, dilation)

@@ -77,9 +77,12 @@ def test_set_layout_per_tap(device):
     after = layer.dense_weight().detach()
     kept = (before != 0) & (after != 0)
     assert torch.equal(after[kept], before[kept])
-    grown = new_layout.to_mask() & ~BlockLayout.from_mask(
-        __import__("sparsekernels").conv_layout.conv_weight_to_matrix(before != 0), 16
-    ).to_mask()
+    grown = (
+        new_layout.to_mask()
+        & ~BlockLayout.from_mask(
+            __import__("sparsekernels").conv_layout.conv_weight_to_matrix(before != 0), 16
+        ).to_mask()
+    )
     from sparsekernels.conv_layout import conv_weight_to_matrix
 
     assert torch.all(conv_weight_to_matrix(after)[grown] == 0)

@@ -26,11 +26,10 @@ import torch
 from sparsekernels.layout import BlockLayout, check_kernel_block_size
 from sparsekernels.ops import reference
 from sparsekernels.ops._triton_utils import check_kernel_dtype
-from sparsekernels.ops.checks import check_conv, check_operands
+from sparsekernels.ops.checks import check_conv, check_conv_grad_output, check_operands, conv_output_size
 from sparsekernels.ops.conv.forward import launch_forward
 from sparsekernels.ops.conv.input_grad import launch_input_grad
 from sparsekernels.ops.conv.weight_grad import launch_weight_grad
-from sparsekernels.ops.library import conv_output_size
 
 __all__ = ["conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"]
 
@@ -75,11 +74,6 @@ def _falls_back(dilation: tuple[int, int]) -> bool:
     return True
 
 
-def _check_dy(dy: torch.Tensor, expected: tuple[int, int, int, int]) -> None:
-    if dy.dim() != 4 or tuple(dy.shape) != expected:
-        raise ValueError(f"dy must have shape [N, K, Ho, Wo] = {list(expected)}; got {tuple(dy.shape)}")
-
-
 def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) -> torch.Tensor:
     """Block-sparse convolution without bias.
 
@@ -117,20 +111,14 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     dtype of dy.
     """
     check_operands(layout, values, dy=dy)
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must be [N, C, H, W]; got {list(input_shape)}")
-    # check_conv validates the geometry on a zero-stride stand-in for x (one element of storage).
-    x_shape_only = dy.new_empty_strided(input_shape, (0, 0, 0, 0))
-    kernel_size, stride, padding, dilation = check_conv(
-        x_shape_only, values, layout, kernel_size, stride, padding, dilation
+    kernel_size, stride, padding, dilation = check_conv_grad_output(
+        dy, layout, input_shape, kernel_size, stride, padding, dilation
     )
+    input_shape = tuple(int(s) for s in input_shape)
     if _falls_back(dilation):
         return reference.conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation)
-    N, C, H, W = input_shape
-    R, S = kernel_size
+    N, _, H, W = input_shape
     Ho, Wo = _out_size((H, W), kernel_size, stride, padding)
-    _check_dy(dy, (N, layout.shape[0] // (R * S), Ho, Wo))
     _check_kernel_args(layout, N * max(H * W, Ho * Wo), dy=dy, values=values)
     return launch_input_grad(
         _channels_last(dy),
@@ -154,12 +142,11 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) ->
     """
     kernel_size, stride, padding, dilation = check_conv(x, None, layout, kernel_size, stride, padding, dilation)
     check_operands(layout, None, x=x, dy=dy)
+    check_conv_grad_output(dy, layout, x.shape, kernel_size, stride, padding, dilation)
     if _falls_back(dilation):
         return reference.conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation)
     N, _, H, W = x.shape
-    R, S = kernel_size
     Ho, Wo = _out_size((H, W), kernel_size, stride, padding)
-    _check_dy(dy, (N, layout.shape[0] // (R * S), Ho, Wo))
     _check_kernel_args(layout, N * max(H * W, Ho * Wo), x=x, dy=dy)
     return launch_weight_grad(
         _channels_last(x),
