@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -339,6 +340,69 @@ def test_topology_change_does_not_recompile_on_gpu(op, transpose, device):
     _launch(op, transpose, first, device)
     torch.cuda.synchronize()
     tuned, compiled = len(kernel.cache), _compiled_count(jit)
+    assert compiled > 0, "could not read the JIT cache of this triton version"
     _launch(op, transpose, second, device)
     torch.cuda.synchronize()
     assert len(kernel.cache) == tuned and _compiled_count(jit) == compiled
+
+
+# ----------------------------------------------------------------------------- benchmark smoke
+def test_benchmark_quick_smoke(tmp_path, monkeypatch):
+    """``benchmarks/bench_matmul.py --quick`` runs end to end and writes its three outputs."""
+    pytest.importorskip("tabulate")
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    bench = importlib.import_module("bench_matmul")
+    rows = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    assert {r["op"] for r in rows} == set(bench.OPS)
+    assert all(r["ms"] > 0 and r["speedup"] > 0 for r in rows)
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".md", ".png"}
+
+
+def test_gpu_configs_fit_the_gpu(monkeypatch):
+    """The GPU config lists, pruned per launch: nothing overflows shared memory or spills the
+    accumulator, big tiles appear where they fit, and small tiles get 4 warps."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    bf16 = torch.empty(1, dtype=torch.bfloat16)
+    fp32 = torch.empty(1, dtype=torch.float32)
+
+    def pruned(op: str, ref: torch.Tensor, **meta):
+        module = _matmul_module(op)
+        kernel = getattr(module, _KERNELS[op])
+        ptr = "a_ptr" if op == "sdd" else "values_ptr"
+        return kernel.early_config_prune(module._configs(), {ptr: ref}, **meta)
+
+    big = pruned("dsd", bf16, BO=128, BI=128)
+    assert big and max(c.kwargs["BLOCK_P"] for c in big) == 128
+    assert all(c.num_stages * (128 * 128 + 128 * c.kwargs["BLOCK_P"]) * 2 <= 200 * 1024 for c in big)
+    assert max(c.kwargs["BLOCK_P"] for c in pruned("dds", bf16, BO=64, BI=64)) == 256
+    assert all(c.num_warps == 4 for c in pruned("sdd", bf16, BM=16, BN=16))
+    sdd_fp32 = pruned("sdd", fp32, BM=128, BN=128)
+    assert sdd_fp32 and all(c.num_stages * 256 * c.kwargs["BLOCK_K"] * 4 <= 200 * 1024 for c in sdd_fp32)
+
+
+@pytest.mark.parametrize("op, transpose", OP_VARIANTS)
+def test_strided_operands_are_read_in_place(op, transpose, device, monkeypatch):
+    """Transposed views (and dsd's batched ones) reach the kernel as the caller's memory, with
+    their strides: no hidden ``.contiguous()`` copy."""
+    kernel = getattr(_matmul_module(op), _KERNELS[op])
+    calls = _record_launches(monkeypatch, kernel)
+    layout = BlockLayout.random((64, 32), 16, 0.5, device=device)
+    (M, N), (bm, bn) = layout.shape, layout.block_size
+    values = torch.randn(layout.nnz, bn, bm, device=device).transpose(1, 2)
+    fn = getattr(_matmul_module(op), op)
+    if op == "sdd":
+        a, b = torch.randn(8, M, device=device).t(), torch.randn(N, 8, device=device).t()
+        fn(a, b, layout)
+        dense = {"a_ptr": a, "b_ptr": b}
+    elif op == "dsd":
+        b = torch.randn(3, 8, M if transpose else N, device=device).transpose(-1, -2)
+        fn(values, layout, b, transpose)
+        dense = {"b_ptr": b, "values_ptr": values}
+    else:
+        a = torch.randn(N if transpose else M, 8, device=device).t()
+        fn(a, values, layout, transpose)
+        dense = {"a_ptr": a, "values_ptr": values}
+    for name, t in dense.items():
+        passed = calls[0][name]
+        assert passed.data_ptr() == t.data_ptr() and passed.stride()[-2:] == t.stride()[-2:], name

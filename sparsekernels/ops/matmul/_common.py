@@ -64,12 +64,14 @@ def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[t
     return [interpreter] if interpreter_enabled() else gpu
 
 
-def prune_by_shared_memory(tile_elems, limit_bytes: int = 200 * 1024):
-    """An ``early_config_prune`` that drops configs whose pipelined tiles overflow shared memory.
+def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128):
+    """An ``early_config_prune`` dropping configs that cannot run well on the GPU: pipelined
+    tiles overflowing shared memory (``num_stages * stage_elems`` operand elements), or an
+    fp32 accumulator above ``acc_regs`` registers per thread (it would spill).
 
-    ``tile_elems(config, args) -> int`` gives the elements one pipeline stage loads; the dtype
-    is read from ``args["values_ptr"]`` or ``args["a_ptr"]``. At least one config is kept (the
-    one needing the least memory), as the autotuner requires.
+    ``stage_elems(config, args)`` / ``acc_elems(config, args)`` count elements from the
+    config and the launch arguments; the operand dtype is that of ``values_ptr`` or
+    ``a_ptr``. At least one config is kept (the smallest), as the autotuner requires.
     """
 
     def prune(configs, named_args, **kwargs):
@@ -77,11 +79,12 @@ def prune_by_shared_memory(tile_elems, limit_bytes: int = 200 * 1024):
         ref = args.get("values_ptr", args.get("a_ptr"))
         itemsize = ref.element_size() if hasattr(ref, "element_size") else 4
 
-        def smem(c):
-            return c.num_stages * tile_elems(c, args) * itemsize
+        def fits(c):
+            smem = c.num_stages * stage_elems(c, args) * itemsize
+            return smem <= smem_bytes and acc_elems(c, args) <= acc_regs * 32 * c.num_warps
 
-        kept = [c for c in configs if smem(c) <= limit_bytes]
-        return kept or [min(configs, key=smem)]
+        kept = [c for c in configs if fits(c)]
+        return kept or [min(configs, key=lambda c: (acc_elems(c, args), c.num_stages * stage_elems(c, args)))]
 
     return prune
 

@@ -31,17 +31,19 @@ from sparsekernels.ops.matmul._common import (
     NOMINAL_BLOCK_P,
     check_kernel_inputs,
     dot_flags,
+    make_prune,
     pick_configs,
-    prune_by_shared_memory,
     reduce_split_partials,
     split_plan,
 )
 
 
 def _configs() -> list[triton.Config]:
+    # BLOCK_P 256 reuses each value block over more rows (for blocks up to 64: the
+    # accumulator limit of make_prune drops it for 128).
     gpu = [
         triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=s) for bp in (64, 128) for w in (4, 8) for s in (3, 4)
-    ]
+    ] + [triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=s) for s in (3, 4)]
     return pick_configs(gpu, triton.Config({"BLOCK_P": 32}, num_warps=4, num_stages=1))
 
 
@@ -49,7 +51,10 @@ def _configs() -> list[triton.Config]:
     configs=_configs(),
     key=["M_OUT", "K_IN", "P", "N_BATCH", "BO", "BI"],
     prune_configs_by={
-        "early_config_prune": prune_by_shared_memory(lambda c, a: a["BO"] * a["BI"] + a["BI"] * c.kwargs["BLOCK_P"])
+        "early_config_prune": make_prune(
+            stage_elems=lambda c, a: a["BO"] * a["BI"] + a["BI"] * c.kwargs["BLOCK_P"],
+            acc_elems=lambda c, a: a["BO"] * c.kwargs["BLOCK_P"],
+        )
     },
 )
 @triton.jit(do_not_specialize=["SPLIT", "N_SPLITS"])

@@ -19,7 +19,7 @@ import triton.language as tl
 from sparsekernels.layout import BlockLayout
 from sparsekernels.ops._alloc import new_output
 from sparsekernels.ops.checks import check_sdd
-from sparsekernels.ops.matmul._common import check_kernel_inputs, dot_flags, pick_configs, prune_by_shared_memory
+from sparsekernels.ops.matmul._common import check_kernel_inputs, dot_flags, make_prune, pick_configs
 
 
 def _configs() -> list[triton.Config]:
@@ -32,15 +32,17 @@ def _configs() -> list[triton.Config]:
     return pick_configs(gpu, triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=1))
 
 
-_smem_prune = prune_by_shared_memory(lambda c, a: (a["BM"] + a["BN"]) * c.kwargs["BLOCK_K"])
+_resource_prune = make_prune(
+    stage_elems=lambda c, a: (a["BM"] + a["BN"]) * c.kwargs["BLOCK_K"], acc_elems=lambda c, a: a["BM"] * a["BN"]
+)
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs that overflow shared memory, and 8 warps on tiles too small to feed them."""
+    """Drop 8 warps on tiles too small to feed them, then configs the GPU cannot hold."""
     args = {**named_args, **kwargs}
     small_tile = args["BM"] * args["BN"] < 64 * 64
     kept = [c for c in configs if not (small_tile and c.num_warps > 4)] or configs
-    return _smem_prune(kept, named_args, **kwargs)
+    return _resource_prune(kept, named_args, **kwargs)
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "BM", "BN"], prune_configs_by={"early_config_prune": _prune})
