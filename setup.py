@@ -1,5 +1,91 @@
-"""Build hook for the optional native CPU extension (csrc/); metadata lives in pyproject.toml."""
+"""Build hook for the optional native CPU extension (csrc/); metadata lives in pyproject.toml.
+
+The extension ``sparsekernels._native`` (the ``backend="native"`` kernels) is built with
+torch's ``CppExtension`` against the torch already installed in the environment. Install with
+
+    pip install --no-build-isolation -e ".[test]"      # or without -e
+
+``--no-build-isolation`` is required for the extension: a C++ extension must be compiled
+against the exact torch it will be loaded into, and an isolated build would instead download
+a fresh torch from PyPI into a temporary environment (on Linux, the multi-gigabyte CUDA
+build) and compile against that. For the same reason torch is deliberately *not* listed in
+pyproject's ``[build-system] requires``.
+
+The extension is optional and never breaks the install: it is skipped, with the reason
+printed, when ``SPARSEKERNELS_NATIVE=0`` is set, when torch cannot be imported at build time
+(for example in an isolated build), when no C++ compiler is found, or when compilation fails.
+``sparsekernels.native_available()`` then returns False and ``backend="auto"`` uses the
+reference backend on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
 
 from setuptools import setup
 
-setup()
+SOURCES = [
+    "csrc/native.cpp",
+    "csrc/kernels_avx2.cpp",
+    "csrc/kernels_baseline.cpp",
+]
+
+
+def _skip(reason: str) -> None:
+    print(f"sparsekernels: installing without the native CPU extension: {reason}", file=sys.stderr)
+
+
+def _compiler_found() -> bool:
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    return shutil.which(cxx.split()[0]) is not None
+
+
+def _optional(build_ext_cls):
+    """``build_ext_cls`` whose failures skip the extension instead of failing the install."""
+
+    class OptionalBuildExt(build_ext_cls):
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001 - any build failure means "no extension"
+                _skip(f"the build failed ({type(exc).__name__}: {exc})")
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as exc:  # noqa: BLE001
+                _skip(f"compiling {ext.name} failed ({type(exc).__name__}: {exc})")
+
+    return OptionalBuildExt
+
+
+def _native_extension() -> dict:
+    if os.environ.get("SPARSEKERNELS_NATIVE", "1").strip() == "0":
+        _skip("SPARSEKERNELS_NATIVE=0")
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except Exception as exc:  # noqa: BLE001 - torch missing or broken: build without it
+        _skip(
+            f"torch is not importable at build time ({type(exc).__name__}: {exc}); install torch first, "
+            "then install this package with `pip install --no-build-isolation`"
+        )
+        return {}
+    if not _compiler_found():
+        _skip("no C++ compiler found (set CXX or install g++/clang++)")
+        return {}
+    extension = CppExtension(
+        "sparsekernels._native",
+        SOURCES,
+        # Portable flags only: AVX2/FMA code is compiled per function (csrc/kernels_avx2.cpp)
+        # and chosen at run time, so the binary runs on any x86-64. -g0 halves the build time.
+        extra_compile_args={"cxx": ["-O3", "-g0", "-Wno-psabi"]},
+        depends=["csrc/kernels_api.h", "csrc/kernels_impl.h"],
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": _optional(BuildExtension)}}
+
+
+setup(**_native_extension())

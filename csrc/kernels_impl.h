@@ -1,0 +1,584 @@
+// Block-sparse matmul and convolution kernels, written once and compiled per instruction set.
+//
+// This file is included inside a namespace by kernels_avx2.cpp (under
+// `#pragma GCC target("avx2,fma")`) and by kernels_baseline.cpp (default target), with
+// SK_MR / SK_NV setting the register tile. It must not include headers: see kernels_api.h.
+//
+// Every op reduces to one micro-kernel shape,
+//
+//     C[mr x nc] (+)= sum over segments s of  A_s[mr x kc_s] @ B_s[kc_s x nc],
+//
+// where C is an output tile kept in registers for the whole reduction, rows of A are read
+// one scalar at a time (broadcast) and rows of B one vector at a time. Sparsity lives only
+// in the segment list: a segment is one active block (matmul, conv forward / input grad) or
+// one image row (conv weight grad). Two kinds of segment cover all six ops:
+//
+//   * RowSegs: each of the mr rows of A has its own pointer (a block row, a shifted input
+//     pixel, or a row of zeros standing in for padding), k-th element at row[k * a_cs];
+//     B rows are b + k * b_rs; kc is the same for all segments (the block size).
+//   * StridedSeg: A row i, element k at a + i * a_rs + k * a_cs; kc varies per segment.
+//
+// The vector type is GCC's generic vector extension: 8 floats, one AVX register under the
+// AVX2 target and two SSE registers on the baseline; `acc += b * scalar` broadcasts the
+// scalar and, with FMA enabled, becomes one vfmadd.
+
+#ifndef SK_MR
+#error "define SK_MR and SK_NV before including kernels_impl.h"
+#endif
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef long long i64;
+
+constexpr int MR = SK_MR;   // rows of the register tile
+constexpr int NV = SK_NV;   // 8-float vectors per row of the register tile
+constexpr int NR = 8 * NV;  // columns of the register tile
+
+#define SK_INLINE inline __attribute__((always_inline))
+
+SK_INLINE i64 imin(i64 a, i64 b) { return a < b ? a : b; }
+SK_INLINE i64 imax(i64 a, i64 b) { return a > b ? a : b; }
+SK_INLINE i64 cdiv(i64 a, i64 b) { return (a + b - 1) / b; }
+
+// Unaligned vector load/store (memcpy compiles to one vmovups); the partial versions handle
+// the last < 8 columns of an output whose width is not a multiple of 8.
+SK_INLINE v8 load8(const float* p) {
+  v8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+SK_INLINE void store8(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
+SK_INLINE v8 load_part(const float* p, int n) {
+  v8 v = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int q = 0; q < n; ++q) v[q] = p[q];
+  return v;
+}
+SK_INLINE void store_part(float* p, v8 v, int n) {
+  for (int q = 0; q < n; ++q) p[q] = v[q];
+}
+
+// ------------------------------------------------------------------------ micro-kernels
+
+// Segments whose A rows are given by pointers: a[s * MR + i] is row i of segment s.
+struct RowSegs {
+  const float* const* a;  // [nseg][MR]
+  const float* const* b;  // [nseg]
+  i64 nseg, kc, a_cs, b_rs;
+};
+
+struct StridedSeg {
+  const float* a;
+  const float* b;
+  i64 kc;
+};
+
+struct StridedSegs {
+  const StridedSeg* seg;
+  i64 nseg, a_rs, a_cs, b_rs;
+};
+
+// The accumulator tile of M rows and V vectors (V = 1 with `part` < 8 columns for the tail).
+template <int M, int V>
+struct Tile {
+  v8 acc[M][V];
+
+  SK_INLINE void start(const float* c, i64 ldc, bool accumulate, int part) {
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) {
+        if (!accumulate)
+          acc[i][v] = v8{0, 0, 0, 0, 0, 0, 0, 0};
+        else
+          acc[i][v] = part < 8 ? load_part(c + i * ldc, part) : load8(c + i * ldc + 8 * v);
+      }
+  }
+
+  SK_INLINE void finish(float* c, i64 ldc, int part) const {
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) {
+        if (part < 8)
+          store_part(c + i * ldc, acc[i][v], part);
+        else
+          store8(c + i * ldc + 8 * v, acc[i][v]);
+      }
+  }
+
+  // acc += A[M x kc] @ B[kc x 8V]; A row i is rows[i][k * a_cs], B row k is b + k * b_rs.
+  SK_INLINE void update(const float* const* rows, i64 a_cs, const float* b, i64 b_rs, i64 kc, int part) {
+    const float* r[M];
+    for (int i = 0; i < M; ++i) r[i] = rows[i];
+    i64 ka = 0;
+    for (i64 k = 0; k < kc; ++k, ka += a_cs, b += b_rs) {
+      v8 bv[V];
+      for (int v = 0; v < V; ++v) bv[v] = part < 8 ? load_part(b, part) : load8(b + 8 * v);
+      for (int i = 0; i < M; ++i) {
+        const float ai = r[i][ka];
+        for (int v = 0; v < V; ++v) acc[i][v] += bv[v] * ai;
+      }
+    }
+  }
+};
+
+// One register tile through a list of segments. `part` == 8 for full vectors, else the
+// number of valid columns (V == 1). noinline keeps one copy per (M, V) shape, whose loops
+// the compiler unrolls around M*V accumulators living in registers.
+template <int M, int V>
+__attribute__((noinline)) void tile_rows(const RowSegs& s, i64 b_off, float* c, i64 ldc, bool accumulate, int part) {
+  Tile<M, V> t;
+  t.start(c, ldc, accumulate, part);
+  for (i64 j = 0; j < s.nseg; ++j) t.update(s.a + j * MR, s.a_cs, s.b[j] + b_off, s.b_rs, s.kc, part);
+  t.finish(c, ldc, part);
+}
+
+template <int M, int V>
+__attribute__((noinline)) void tile_strided(const StridedSegs& s, i64 a_off, i64 b_off, float* c, i64 ldc,
+                                            bool accumulate, int part) {
+  Tile<M, V> t;
+  t.start(c, ldc, accumulate, part);
+  for (i64 j = 0; j < s.nseg; ++j) {
+    const StridedSeg& g = s.seg[j];
+    const float* rows[M];
+    for (int i = 0; i < M; ++i) rows[i] = g.a + a_off + i * s.a_rs;
+    t.update(rows, s.a_cs, g.b + b_off, s.b_rs, g.kc, part);
+  }
+  t.finish(c, ldc, part);
+}
+
+// A row block of `m` <= MR rows and `n` columns: full-width tiles of NR columns, then
+// 8-column tiles, then the < 8 column tail.
+template <class Call>
+SK_INLINE void over_columns(int m, i64 n, Call&& call) {
+  i64 col = 0;
+  for (; col + NR <= n; col += NR) call.template run<NV>(m, col, 8);
+  if (NV > 1)
+    for (; col + 8 <= n; col += 8) call.template run<1>(m, col, 8);
+  if (col < n) call.template run<1>(m, col, (int)(n - col));
+}
+
+// Dispatch of a runtime row count in [1, MR] to the template of that height.
+#define SK_DISPATCH_ROWS(m, V, FN, ...)                         \
+  do {                                                          \
+    switch (m) {                                                \
+      case 1: FN<1, V>(__VA_ARGS__); break;                     \
+      case 2: if (MR >= 2) FN<(MR >= 2 ? 2 : 1), V>(__VA_ARGS__); break; \
+      case 3: if (MR >= 3) FN<(MR >= 3 ? 3 : 1), V>(__VA_ARGS__); break; \
+      case 4: if (MR >= 4) FN<(MR >= 4 ? 4 : 1), V>(__VA_ARGS__); break; \
+      case 5: if (MR >= 5) FN<(MR >= 5 ? 5 : 1), V>(__VA_ARGS__); break; \
+      case 6: if (MR >= 6) FN<(MR >= 6 ? 6 : 1), V>(__VA_ARGS__); break; \
+      case 7: if (MR >= 7) FN<(MR >= 7 ? 7 : 1), V>(__VA_ARGS__); break; \
+      case 8: if (MR >= 8) FN<(MR >= 8 ? 8 : 1), V>(__VA_ARGS__); break; \
+    }                                                           \
+  } while (0)
+
+// C[m x n] (+)= the row segments, for m <= MR rows.
+struct RowsCall {
+  const RowSegs& s;
+  i64 b_off;
+  float* c;
+  i64 ldc;
+  bool accumulate;
+  template <int V>
+  SK_INLINE void run(int m, i64 col, int part) const {
+    SK_DISPATCH_ROWS(m, V, tile_rows, s, b_off + col, c + col, ldc, accumulate, part);
+  }
+};
+
+struct StridedCall {
+  const StridedSegs& s;
+  i64 a_off, b_off;
+  float* c;
+  i64 ldc;
+  bool accumulate;
+  template <int V>
+  SK_INLINE void run(int m, i64 col, int part) const {
+    SK_DISPATCH_ROWS(m, V, tile_strided, s, a_off, b_off + col, c + col, ldc, accumulate, part);
+  }
+};
+
+SK_INLINE void gemm_rows(int m, i64 n, const RowSegs& s, i64 b_off, float* c, i64 ldc, bool accumulate) {
+  over_columns(m, n, RowsCall{s, b_off, c, ldc, accumulate});
+}
+
+SK_INLINE void gemm_strided(int m, i64 n, const StridedSegs& s, i64 a_off, i64 b_off, float* c, i64 ldc,
+                            bool accumulate) {
+  over_columns(m, n, StridedCall{s, a_off, b_off, c, ldc, accumulate});
+}
+
+// Height of the next row tile for rows [i0, end): MR, except that a remainder of 1 or 2 rows
+// is avoided by splitting the last MR + rem rows in two (32 rows -> 6,6,6,6,4,4, not
+// 6,6,6,6,6,2): a 1- or 2-row tile has too few accumulators to hide the FMA latency.
+SK_INLINE int rows_next(i64 i0, i64 end) {
+  const i64 left = end - i0;
+  if (left <= MR) return (int)left;
+  if (MR > 4 && left < MR + 3) return (int)((left + 1) / 2);
+  return MR;
+}
+
+// ------------------------------------------------------------------------ block-sparse matmul
+
+// Scratch of the row-segment ops: an A-row table [nseg][MR] and a B table [nseg].
+SK_INLINE i64 row_seg_bytes(i64 max_seg) { return (max_seg * (MR + 1) + 1) * (i64)sizeof(void*); }
+
+int64_t dsd_scratch(const sk::DsdArgs& p) { return row_seg_bytes(p.transpose ? p.L.max_col : p.L.max_row); }
+
+// Output rows of block-row `br` of Y are S rows (or S^T rows) br*h .. br*h + h; one row tile
+// of MR rows at a time, segments = the active blocks of that block-row, in layout order.
+void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const i64 out_blocks = p.transpose ? L.C : L.R;
+  const i64 h = p.transpose ? L.bn : L.bm;   // output rows per block-row
+  const i64 kc = p.transpose ? L.bm : L.bn;  // reduction length per block
+  const i64 rows = out_blocks * h;
+  const i64 panels = cdiv(p.P, p.panel);
+  const float** a_tab = static_cast<const float**>(scratch);
+  const i64 max_seg = p.transpose ? L.max_col : L.max_row;
+  const float** b_tab = a_tab + max_seg * MR;
+  const i64 blk = L.bm * L.bn;
+
+  for (i64 task = begin; task < end; ++task) {
+    const i64 pn = task % panels, br = (task / panels) % out_blocks, bi = task / (panels * out_blocks);
+    const i64 col0 = pn * p.panel, ncols = imin(p.panel, p.P - col0);
+    const float* b = p.b + bi * p.b_batch_stride + col0;
+    float* out = p.out + (bi * rows + br * h) * p.P + col0;
+    i64 lo, hi;
+    if (p.transpose) {
+      lo = L.col_offsets[br], hi = L.col_offsets[br + 1];
+    } else {
+      lo = L.row_offsets[br], hi = L.row_offsets[br + 1];
+    }
+    const i64 nseg = hi - lo;
+    for (i64 s = 0; s < nseg; ++s) {
+      // Block row of S^T = block column of S: read block j transposed (A rows stride 1,
+      // elements stride bn); B rows come from the block's row in S.
+      const i64 j = p.transpose ? L.block_indices_t[lo + s] : lo + s;
+      const i64 inner = p.transpose ? L.row_indices_t[lo + s] : L.col_indices[j];
+      b_tab[s] = b + inner * kc * p.ldb;
+    }
+    for (i64 i0 = 0, m; i0 < h; i0 += m) {
+      m = rows_next(i0, h);
+      for (i64 s = 0; s < nseg; ++s) {
+        const i64 j = p.transpose ? L.block_indices_t[lo + s] : lo + s;
+        const float* v = p.values + j * blk;
+        for (int i = 0; i < m; ++i) a_tab[s * MR + i] = p.transpose ? v + i0 + i : v + (i0 + i) * L.bn;
+      }
+      const RowSegs segs{a_tab, b_tab, nseg, kc, p.transpose ? L.bn : 1, p.ldb};
+      gemm_rows((int)m, ncols, segs, 0, out + i0 * p.P, p.P, false);
+    }
+  }
+}
+
+int64_t dds_scratch(const sk::DdsArgs& p) { return row_seg_bytes(p.transpose ? p.L.max_row : p.L.max_col); }
+
+// Output block-column `bc` of Y (width w) gathers the blocks of one column of S (or one row
+// of S for S^T). A rows are rows of the dense operand, offset to the block's inner range.
+void dds(const sk::DdsArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const i64 out_blocks = p.transpose ? L.R : L.C;
+  const i64 w = p.transpose ? L.bm : L.bn;   // output columns per block-column
+  const i64 kc = p.transpose ? L.bn : L.bm;  // reduction length per block
+  const i64 ldy = out_blocks * w;
+  const i64 chunks = cdiv(p.P, p.row_chunk);
+  const float** a_tab = static_cast<const float**>(scratch);
+  const i64 max_seg = p.transpose ? L.max_row : L.max_col;
+  const float** b_tab = a_tab + max_seg * MR;
+  const i64 blk = L.bm * L.bn;
+
+  for (i64 task = begin; task < end; ++task) {
+    const i64 ch = task % chunks, bc = task / chunks;
+    const i64 r0 = ch * p.row_chunk, r1 = imin(p.P, r0 + p.row_chunk);
+    i64 lo, hi;
+    if (p.transpose) {
+      lo = L.row_offsets[bc], hi = L.row_offsets[bc + 1];
+    } else {
+      lo = L.col_offsets[bc], hi = L.col_offsets[bc + 1];
+    }
+    const i64 nseg = hi - lo;
+    for (i64 s = 0; s < nseg; ++s) {
+      // S^T: block j of row bc, transposed copy [bn, bm] so its rows are contiguous.
+      b_tab[s] = p.transpose ? p.values_t + (lo + s) * blk : p.values + (i64)L.block_indices_t[lo + s] * blk;
+    }
+    for (i64 i0 = r0, m; i0 < r1; i0 += m) {
+      m = rows_next(i0, r1);
+      for (i64 s = 0; s < nseg; ++s) {
+        const i64 inner = p.transpose ? L.col_indices[lo + s] : L.row_indices_t[lo + s];
+        const float* a = p.a + inner * kc * p.a_cs;
+        for (int i = 0; i < m; ++i) a_tab[s * MR + i] = a + (i0 + i) * p.lda;
+      }
+      const RowSegs segs{a_tab, b_tab, nseg, kc, p.a_cs, w};
+      gemm_rows((int)m, w, segs, 0, p.out + i0 * ldy + bc * w, ldy, false);
+    }
+  }
+}
+
+// Columns of B per K chunk: the packed chunk (KC x bn) stays in L1/L2 for all blocks of a column.
+constexpr i64 kSddKC = 256;
+
+int64_t sdd_scratch(const sk::SddArgs& p) { return kSddKC * p.L.bn * (i64)sizeof(float); }
+
+// Tasks are entries of the transposed traversal (blocks grouped by block-column). For each
+// run of blocks of one column c and each K chunk, B[k0:k0+kc, c*bn:(c+1)*bn] is packed once
+// into a contiguous [kc, bn] panel (B may have any strides: a column-major B is common in
+// backward passes), then every block of the run accumulates A[rows of its block-row, chunk]
+// @ panel into its output. Chunks run in order, so each block's sum has a fixed order.
+void sdd(const sk::SddArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const i64 bm = L.bm, bn = L.bn, blk = bm * bn;
+  float* panel = static_cast<float*>(scratch);
+  if (p.K == 0) {
+    for (i64 e = begin; e < end; ++e)
+      for (i64 q = 0; q < blk; ++q) p.out[(i64)L.block_indices_t[e] * blk + q] = 0.0f;
+    return;
+  }
+  // Block-column of entry `begin`: the last c with col_offsets[c] <= begin.
+  i64 lo_c = 0, hi_c = L.C;
+  while (hi_c - lo_c > 1) {
+    const i64 mid = (lo_c + hi_c) / 2;
+    if (L.col_offsets[mid] <= begin) lo_c = mid; else hi_c = mid;
+  }
+  for (i64 c = lo_c, e0 = begin; e0 < end; ++c) {
+    const i64 e1 = imin(end, (i64)L.col_offsets[c + 1]);
+    if (e1 <= e0) continue;
+    for (i64 k0 = 0; k0 < p.K; k0 += kSddKC) {
+      const i64 kc = imin(kSddKC, p.K - k0);
+      const float* src = p.b + k0 * p.ldb + c * bn * p.b_cs;
+      for (i64 k = 0; k < kc; ++k)
+        for (i64 q = 0; q < bn; ++q) panel[k * bn + q] = src[k * p.ldb + q * p.b_cs];
+      for (i64 e = e0; e < e1; ++e) {
+        const i64 j = L.block_indices_t[e], r = L.row_indices_t[e];
+        const StridedSeg seg{p.a + r * bm * p.lda + k0 * p.a_cs, panel, kc};
+        const StridedSegs segs{&seg, 1, p.lda, p.a_cs, bn};
+        float* out = p.out + j * blk;
+        for (i64 i0 = 0, m; i0 < bm; i0 += m) {
+          m = rows_next(i0, bm);
+          gemm_strided((int)m, bn, segs, i0 * p.lda, 0, out + i0 * bn, bn, k0 > 0);
+        }
+      }
+    }
+    e0 = e1;
+  }
+}
+
+// ------------------------------------------------------------------------ convolution
+
+// A tap's view of one output tile: which input pixel (or the zero row) each of its rows reads.
+// Conv tasks list their (tap, block) segments once; tiles then only compute pointers for the
+// taps that have blocks, from pixel coordinates decomposed once per tile.
+struct ConvSeg {
+  i64 tap;          // kernel tap t = r*S + s
+  i64 a_off;        // channel offset into the row of the activation (block column/row * size)
+  const float* b;   // the block, rows along the reduction
+};
+
+// Pixel coordinates of rows [i0, i0 + m) of a flattened [N, H, W] grid. Tiles of a task are
+// consecutive, so after the first tile the coordinates advance without divisions.
+struct PixelTile {
+  i64 H, W;
+  i64 next = -1;       // flat index following the last tile
+  i64 nq, hq, wq;      // coordinates of `next`
+  i64 n[MR], h[MR], w[MR];
+  SK_INLINE PixelTile(i64 H_, i64 W_) : H(H_), W(W_), nq(0), hq(0), wq(0) {}
+  SK_INLINE void load(i64 i0, int rows) {
+    if (i0 != next) wq = i0 % W, hq = (i0 / W) % H, nq = i0 / (W * H);
+    for (int i = 0; i < rows; ++i) {
+      n[i] = nq, h[i] = hq, w[i] = wq;
+      if (++wq == W) {
+        wq = 0;
+        if (++hq == H) hq = 0, ++nq;
+      }
+    }
+    next = i0 + rows;
+  }
+};
+
+SK_INLINE i64 conv_taps(const sk::ConvGeom& g) { return g.R * g.S; }
+
+// Scratch: segment list, per-tap row pointers [T][MR], per-tap "any valid row" flags, and the
+// row-segment tables, for at most `max_seg` segments.
+SK_INLINE i64 conv_scratch(i64 T, i64 max_seg) {
+  return max_seg * (i64)sizeof(ConvSeg) + T * (MR + 1) * (i64)sizeof(void*) + row_seg_bytes(max_seg);
+}
+
+struct ConvScratch {
+  ConvSeg* seg;
+  const float** tap_rows;  // [T][MR]
+  char* tap_any;           // [T] (stored in pointer-sized slots)
+  const float** a_tab;
+  const float** b_tab;
+  ConvScratch(void* p, i64 T, i64 max_seg) {
+    seg = static_cast<ConvSeg*>(p);
+    tap_rows = reinterpret_cast<const float**>(seg + max_seg);
+    tap_any = reinterpret_cast<char*>(tap_rows + T * MR);
+    a_tab = tap_rows + T * (MR + 1);
+    b_tab = a_tab + max_seg * MR;
+  }
+};
+
+// Rows of A for every segment of a tile: a tap whose rows all fall in the padding is skipped.
+SK_INLINE i64 conv_segments(const ConvScratch& sc, i64 nseg, int m) {
+  i64 used = 0;
+  for (i64 s = 0; s < nseg; ++s) {
+    const ConvSeg& g = sc.seg[s];
+    if (!sc.tap_any[g.tap]) continue;
+    for (int i = 0; i < m; ++i) sc.a_tab[used * MR + i] = sc.tap_rows[g.tap * MR + i] + g.a_off;
+    sc.b_tab[used++] = g.b;
+  }
+  return used;
+}
+
+int64_t conv_fwd_scratch(const sk::ConvFwdArgs& p) {
+  return conv_scratch(conv_taps(p.g), imin(conv_taps(p.g) * p.L.max_row, p.L.nnz));
+}
+
+// Output tile: MR consecutive output pixels (flattened n, oh, ow; tiles may cross image rows)
+// x the bk channels of block-row kb. Segments = the active blocks of block-rows t*Kb + kb
+// over all taps t; each reads, for every pixel of the tile, the input pixel its tap lands on
+// (or the zero row where it falls in the padding).
+void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const sk::ConvGeom& g = p.g;
+  const i64 T = conv_taps(g), bk = L.bm, bc = L.bn, Kb = g.K / bk;
+  const i64 npix = g.N * g.Ho * g.Wo;
+  const ConvScratch sc(scratch, T, imin(T * L.max_row, L.nnz));
+
+  for (i64 task = begin; task < end; ++task) {
+    const i64 kb = task % Kb, ch = task / Kb;
+    const i64 p0 = ch * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
+    i64 nseg = 0;
+    for (i64 t = 0; t < T; ++t) {
+      const i64 brow = t * Kb + kb;
+      for (i64 j = L.row_offsets[brow]; j < L.row_offsets[brow + 1]; ++j)
+        sc.seg[nseg++] = ConvSeg{t, (i64)L.col_indices[j] * bc, p.values_t + j * bk * bc};
+    }
+    PixelTile px(g.Ho, g.Wo);
+    for (i64 i0 = p0, m; i0 < p1; i0 += m) {
+      m = rows_next(i0, p1);
+      px.load(i0, (int)m);
+      for (i64 s = 0; s < nseg; ++s) {
+        const i64 t = sc.seg[s].tap;
+        if (s > 0 && sc.seg[s - 1].tap == t) continue;  // segments are tap-major
+        const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
+        bool any = false;
+        for (int i = 0; i < m; ++i) {
+          const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
+          const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+          sc.tap_rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
+          any |= ok;
+        }
+        sc.tap_any[t] = any;
+      }
+      const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, (int)m), bc, 1, bk};
+      gemm_rows((int)m, bk, segs, 0, p.y + i0 * g.K + kb * bk, g.K, false);
+    }
+  }
+}
+
+int64_t conv_dx_scratch(const sk::ConvDxArgs& p) { return conv_scratch(conv_taps(p.g), p.L.max_col); }
+
+// Input-gradient tile: MR consecutive input pixels x the bc channels of block-column cb.
+// Input pixel (ih, iw) receives from output pixel ((ih + ph - r*dh) / sh, ...) through tap
+// (r, s) when the division is exact and in range; segments = the active blocks of column cb
+// (all taps: the transposed traversal's block-row t*Kb + kb gives tap and output block).
+void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const sk::ConvGeom& g = p.g;
+  const i64 T = conv_taps(g), bk = L.bm, bc = L.bn, Kb = g.K / bk, Cb = g.C / bc;
+  const i64 npix = g.N * g.H * g.W;
+  const ConvScratch sc(scratch, T, L.max_col);
+  const bool unit_stride = g.sh == 1 && g.sw == 1;
+
+  for (i64 task = begin; task < end; ++task) {
+    const i64 cb = task % Cb, ch = task / Cb;
+    const i64 p0 = ch * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
+    // Entries of a column come in block-row order, so taps are ascending: tap-major.
+    i64 nseg = 0;
+    for (i64 e = L.col_offsets[cb]; e < L.col_offsets[cb + 1]; ++e) {
+      const i64 brow = L.row_indices_t[e];
+      sc.seg[nseg++] = ConvSeg{brow / Kb, (brow % Kb) * bk, p.values + (i64)L.block_indices_t[e] * bk * bc};
+    }
+    PixelTile px(g.H, g.W);
+    for (i64 i0 = p0, m; i0 < p1; i0 += m) {
+      m = rows_next(i0, p1);
+      px.load(i0, (int)m);
+      for (i64 s = 0; s < nseg; ++s) {
+        const i64 t = sc.seg[s].tap;
+        if (s > 0 && sc.seg[s - 1].tap == t) continue;
+        const i64 dr = g.ph - (t / g.S) * g.dh, ds = g.pw - (t % g.S) * g.dw;
+        bool any = false;
+        for (int i = 0; i < m; ++i) {
+          const i64 hn = px.h[i] + dr, wn = px.w[i] + ds;
+          i64 oh = hn, ow = wn;
+          bool ok = hn >= 0 && wn >= 0;
+          if (!unit_stride && ok) {
+            oh = hn / g.sh, ow = wn / g.sw;
+            ok = oh * g.sh == hn && ow * g.sw == wn;
+          }
+          ok = ok && oh < g.Ho && ow < g.Wo;
+          sc.tap_rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
+          any |= ok;
+        }
+        sc.tap_any[t] = any;
+      }
+      const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, (int)m), bk, 1, bc};
+      gemm_rows((int)m, bc, segs, 0, p.dx + i0 * g.C + cb * bc, g.C, false);
+    }
+  }
+}
+
+// Weight gradient: image rows per chunk of the pixel reduction. A chunk's dy and x rows
+// (~100 pixels) stay in L1/L2 while every register tile of every block of the task runs
+// over them.
+SK_INLINE i64 dw_rows_per_chunk(const sk::ConvGeom& g) { return imax(1, 96 / imax(1, g.Wo)); }
+
+int64_t conv_dw_scratch(const sk::ConvDwArgs& p) {
+  return dw_rows_per_chunk(p.g) * (i64)sizeof(StridedSeg) + p.L.nnz + 1;
+}
+
+// Block j = (tap t, output block kb, input block cb): dV[k, c] = sum over output pixels of
+// dy[pixel, kb*bk + k] * x[input pixel of tap t, cb*bc + c]. Each output image row
+// (n, oh) whose input row is inside the image is one strided segment over its valid ow
+// range: A = dy (rows k stride 1, pixels stride K), B = x (pixels stride sw*C).
+//
+// The loop runs chunk-outer, block-inner: the blocks of a task share each chunk of
+// activations while it is in cache, instead of each block streaming all of x and dy from
+// memory. Each block still sums its chunks in order, whichever task it falls in.
+void conv_dw(const sk::ConvDwArgs& p, int64_t begin, int64_t end, void* scratch) {
+  const sk::Layout& L = p.L;
+  const sk::ConvGeom& g = p.g;
+  const i64 bk = L.bm, bc = L.bn, Kb = g.K / bk;
+  const i64 rows_per_chunk = dw_rows_per_chunk(g);
+  StridedSeg* seg = static_cast<StridedSeg*>(scratch);
+  char* started = reinterpret_cast<char*>(seg + rows_per_chunk);  // [end - begin]
+  for (i64 j = begin; j < end; ++j) started[j - begin] = 0;
+
+  const i64 nrows = g.N * g.Ho;
+  for (i64 row0 = 0; row0 < nrows; row0 += rows_per_chunk) {
+    const i64 row1 = imin(nrows, row0 + rows_per_chunk);
+    for (i64 j = begin; j < end; ++j) {
+      const i64 brow = L.row_indices[j], t = brow / Kb, kb = brow % Kb, cb = L.col_indices[j];
+      const i64 r = t / g.S, s = t % g.S;
+      // Valid ow: 0 <= ow*sw - pw + s*dw < W.
+      const i64 off_w = s * g.dw - g.pw;
+      const i64 ow_lo = off_w >= 0 ? 0 : cdiv(-off_w, g.sw);
+      const i64 ow_hi = imin(g.Wo, off_w >= g.W ? 0 : cdiv(g.W - off_w, g.sw));
+      if (ow_lo >= ow_hi) continue;
+      i64 nseg = 0;
+      for (i64 row = row0; row < row1; ++row) {
+        const i64 n = row / g.Ho, oh = row % g.Ho;
+        const i64 ih = oh * g.sh - g.ph + r * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const i64 iw = ow_lo * g.sw + off_w;
+        seg[nseg++] = StridedSeg{p.dy + (row * g.Wo + ow_lo) * g.K + kb * bk,
+                                 p.x + ((n * g.H + ih) * g.W + iw) * g.C + cb * bc, ow_hi - ow_lo};
+      }
+      if (nseg == 0) continue;
+      const StridedSegs segs{seg, nseg, 1, g.K, g.sw * g.C};
+      float* out = p.out + j * bk * bc;
+      for (i64 i0 = 0, m; i0 < bk; i0 += m) {
+        m = rows_next(i0, bk);
+        gemm_strided((int)m, bc, segs, i0, 0, out + i0 * bc, bc, started[j - begin]);
+      }
+      started[j - begin] = 1;
+    }
+  }
+  for (i64 j = begin; j < end; ++j)
+    if (!started[j - begin])
+      for (i64 e = 0; e < bk * bc; ++e) p.out[j * bk * bc + e] = 0.0f;
+}

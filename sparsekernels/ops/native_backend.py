@@ -1,0 +1,191 @@
+"""The native CPU backend: the C++ kernels of ``csrc/``, with the reference signatures.
+
+Built as the optional extension ``sparsekernels._native`` (see ``setup.py``); its ops live
+under ``torch.ops.sparsekernels_native``. :func:`available` says whether it was built and
+loads. The public ops (:mod:`sparsekernels.ops`) call these functions from inside their
+``torch.library`` custom ops when ``backend="native"``, or ``"auto"`` on CPU tensors.
+
+The kernels compute in float32. float16 and bfloat16 operands are converted to float32 on
+entry and the result is rounded back to their dtype (fp32 accumulation, at the cost of the
+conversions); other dtypes raise ``TypeError`` (``backend="reference"`` computes in any float
+dtype). Dense operands may have any strides; outputs are fresh tensors from
+:func:`sparsekernels.ops._alloc.new_output`.
+Any block size works; the kernels are tuned for 16, 32, 64 and 128. The C++ side checks
+every index of the layout before use and raises ``ValueError`` for a corrupted one.
+
+Determinism: each output element is reduced by one thread in a fixed order, so results are
+bitwise identical for any ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sparsekernels.conv_layout import pair
+from sparsekernels.layout import INDEX_FIELDS, BlockLayout
+from sparsekernels.ops import checks
+from sparsekernels.ops._alloc import new_output
+
+__all__ = [
+    "available",
+    "isa",
+    "sdd",
+    "dsd",
+    "dds",
+    "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+]
+
+# Computed natively / converted to float32 and back.
+_NATIVE_DTYPE = torch.float32
+_CONVERTED_DTYPES = (torch.float16, torch.bfloat16)
+_loaded: bool | None = None
+
+
+def available() -> bool:
+    """Whether the C++ extension was built and loads into this torch (never raises)."""
+    global _loaded
+    if _loaded is None:
+        try:
+            from sparsekernels import _native  # noqa: F401  (loading registers the ops)
+
+            _loaded = hasattr(torch.ops.sparsekernels_native, "dsd")
+        except (ImportError, OSError):
+            # Not built, or built against another torch (undefined symbols at load time).
+            _loaded = False
+    return _loaded
+
+
+def _ops():
+    if not available():
+        raise RuntimeError(
+            "the native CPU backend is not available: the C++ extension was not built "
+            "(reinstall with `pip install --no-build-isolation .` and a C++ compiler; see setup.py)"
+        )
+    return torch.ops.sparsekernels_native
+
+
+def isa() -> str:
+    """The instruction set the kernels run with: ``"avx2"`` (AVX2 + FMA) or ``"baseline"``."""
+    return _ops().isa()
+
+
+def _float32(**tensors: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:
+    """The operands' dtype (shared: checked by the caller) and the operands in float32."""
+    out = []
+    for name, t in tensors.items():
+        if t.dtype != _NATIVE_DTYPE and t.dtype not in _CONVERTED_DTYPES:
+            raise TypeError(
+                f"backend='native' supports float32 (and float16/bfloat16, computed in float32); "
+                f"{name} has dtype {t.dtype} (use backend='reference' for other dtypes)"
+            )
+        if t.device.type != "cpu":
+            raise ValueError(f"backend='native' runs on CPU tensors; {name} is on {t.device}")
+        out.append(t.to(_NATIVE_DTYPE))
+    return next(iter(tensors.values())).dtype, out
+
+
+def _layout_args(layout: BlockLayout) -> tuple[list[torch.Tensor], list[int]]:
+    tensors = [getattr(layout, f).contiguous() for f in INDEX_FIELDS]  # the order csrc/native.cpp reads
+    return tensors, [*layout.shape, *layout.block_size]
+
+
+# ---------------------------------------------------------------------------- matmul
+
+
+def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Blocks of ``a @ b`` at the layout's active blocks.
+
+    a: ``[M, K]``, b: ``[K, N]`` float32, any strides -> values ``[nnz, bm, bn]`` float32.
+    """
+    checks.check_sdd(a, b, layout)
+    dtype, (a, b) = _float32(a=a, b=b)
+    out = new_output(layout.values_shape(), a.dtype, a.device)
+    _ops().sdd(a, b, *_layout_args(layout), out)
+    return out.to(dtype)
+
+
+def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool = False) -> torch.Tensor:
+    """``S @ b`` (``Sᵀ @ b`` when ``transpose_sparse``).
+
+    values: ``[nnz, bm, bn]``; b: ``[..., N, P]`` (``[..., M, P]`` transposed) float32
+    -> ``[..., M, P]`` (``[..., N, P]`` transposed), contiguous.
+    """
+    checks.check_dsd(values, layout, b, transpose_sparse)
+    dtype, (values, b) = _float32(values=values, b=b)
+    M, N = layout.shape
+    rows = N if transpose_sparse else M
+    lead, inner, P = b.shape[:-2], b.shape[-2], b.shape[-1]
+    b3 = b.reshape(-1, inner, P)  # a view unless the leading dims cannot be merged
+    out = new_output((b3.shape[0], rows, P), b.dtype, b.device)
+    _ops().dsd(values, *_layout_args(layout), b3, bool(transpose_sparse), out)
+    return out.reshape(*lead, rows, P).to(dtype)
+
+
+def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool = False) -> torch.Tensor:
+    """``a @ S`` (``a @ Sᵀ`` when ``transpose_sparse``).
+
+    a: ``[..., P, M]`` (``[..., P, N]`` transposed) float32; values: ``[nnz, bm, bn]``
+    -> ``[..., P, N]`` (``[..., P, M]`` transposed), contiguous.
+    """
+    checks.check_dds(a, values, layout, transpose_sparse)
+    dtype, (a, values) = _float32(a=a, values=values)
+    M, N = layout.shape
+    cols = M if transpose_sparse else N
+    lead = a.shape[:-1]
+    a2 = a.reshape(-1, a.shape[-1])  # rows of every batch element stacked (a view when possible)
+    out = new_output((a2.shape[0], cols), a.dtype, a.device)
+    _ops().dds(a2, values, *_layout_args(layout), bool(transpose_sparse), out)
+    return out.reshape(*lead, cols).to(dtype)
+
+
+# ---------------------------------------------------------------------------- convolution
+
+
+def _conv_out_hw(hw: Sequence[int], ks, st, pd, dl) -> tuple[int, int]:
+    return tuple((hw[i] + 2 * pd[i] - dl[i] * (ks[i] - 1) - 1) // st[i] + 1 for i in range(2))
+
+
+def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """Block-sparse convolution without bias (layout convention: :mod:`sparsekernels.conv_layout`).
+
+    x: ``[N, C, H, W]`` float32 (channels-last memory avoids a copy); values ``[nnz, bk, bc]``
+    -> y ``[N, K, Ho, Wo]`` float32 in channels-last memory.
+    """
+    ks, st, pd, dl = checks.check_conv(x, values, layout, kernel_size, stride, padding, dilation)
+    dtype, (x, values) = _float32(x=x, values=values)
+    K = layout.shape[0] // (ks[0] * ks[1])
+    Ho, Wo = _conv_out_hw(x.shape[2:], ks, st, pd, dl)
+    y = new_output((x.shape[0], K, Ho, Wo), x.dtype, x.device, memory_format=torch.channels_last)
+    _ops().conv2d_forward(x, values, *_layout_args(layout), list(ks), list(st), list(pd), list(dl), y)
+    return y.to(dtype)
+
+
+def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """dy ``[N, K, Ho, Wo]`` float32 -> dx ``[N, C, H, W]`` (``input_shape``), channels-last memory."""
+    checks.check_operands(layout, values, dy=dy)
+    dtype, (dy, values) = _float32(dy=dy, values=values)
+    ks, st, pd, dl = (
+        pair(v, n)
+        for v, n in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"), (dilation, "dilation"))
+    )
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be [N, C, H, W]; got {tuple(input_shape)}")
+    dx = new_output(tuple(input_shape), dy.dtype, dy.device, memory_format=torch.channels_last)
+    _ops().conv2d_input_grad(
+        dy, values, *_layout_args(layout), [int(s) for s in input_shape], list(ks), list(st), list(pd), list(dl), dx
+    )
+    return dx.to(dtype)
+
+
+def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """x ``[N, C, H, W]``, dy ``[N, K, Ho, Wo]`` float32 -> dvalues ``[nnz, bk, bc]`` (active blocks only)."""
+    ks, st, pd, dl = checks.check_conv(x, None, layout, kernel_size, stride, padding, dilation)
+    checks.check_operands(layout, None, x=x, dy=dy)
+    dtype, (x, dy) = _float32(x=x, dy=dy)
+    out = new_output(layout.values_shape(), x.dtype, x.device)
+    _ops().conv2d_weight_grad(x, dy, *_layout_args(layout), list(ks), list(st), list(pd), list(dl), out)
+    return out.to(dtype)
