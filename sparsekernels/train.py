@@ -420,6 +420,16 @@ def run(
         }
         print(trainer.sparsity, flush=True)
 
+    engine = trainer.engine
+    if engine is not None and hasattr(engine, "is_update_step"):
+        steps = range(args.update_every, trainer.total_steps + 1, args.update_every)
+        if not any(engine.is_update_step(t) for t in steps):
+            warn(
+                f"--method {args.method} will never change the topology in this run: no update step within "
+                f"{trainer.total_steps} steps swaps a block (layers hold too few blocks for --update-fraction "
+                f"{args.update_fraction}, or --update-every/--stop-after leave no update); try a smaller --block-size"
+            )
+
     start_epoch = 0
     if args.resume is not None:
         ckpt = load_checkpoint(args.resume, map_location=device)
