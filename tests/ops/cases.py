@@ -2,8 +2,9 @@
 
 Axes: op and transpose flag, shape (square, tall, wide, batched, strided operands), block size
 (16, 32, non-square 16x32; 64 and 128 in a few cases), block density (0, 0.05, 0.5, 1), dtype
-(fp32, fp16, bf16) and, for dsd/dds, whether long segments are forced through the split
-path (``split=1``: every segment of two or more blocks is cut into chunks).
+(fp32, fp16, bf16) and whether the Triton kernels are forced through their split paths
+(``split=1``: dsd/dds cut every segment of two or more blocks into one-block chunks, sdd
+cuts K in two).
 
 * :data:`CPU_CASES`: a covering sample (every value pair of every two axes, and every
   (op, dtype, density) triple, appears in some case) at shapes small enough for Triton's
@@ -72,8 +73,8 @@ class MatmulCase:
 
 
 def _valid(op: str, shape: str, split: int | None) -> bool:
-    # sdd has no batch dims; split only exists for dsd/dds.
-    return not (op == "sdd" and (shape == "batch" or split is not None))
+    # sdd has no batch dims.
+    return not (op == "sdd" and shape == "batch")
 
 
 _AXES = (OPS, SHAPES, BLOCKS, DENSITIES, DTYPES, SPLITS)

@@ -105,12 +105,14 @@ def run_case(case: MatmulCase, backend: str, device) -> None:
 
 
 @pytest.fixture
-def forced_split(request, monkeypatch):
-    """Apply a case's ``split`` to the Triton kernels (forward and backward launches)."""
+def forced_split(monkeypatch):
+    """Apply a case's ``split`` to the Triton kernels (forward and backward launches):
+    dsd/dds chunk length ``split``, and sdd's reduction cut in two."""
 
     def apply(case: MatmulCase, backend: str) -> None:
         if backend == "triton" and case.split is not None:
             monkeypatch.setattr(_matmul_module("_common"), "FORCE_SPLIT", case.split)
+            monkeypatch.setattr(_matmul_module("_common"), "FORCE_SPLIT_K", 2)
 
     return apply
 
@@ -246,6 +248,21 @@ def test_split_policy_cuts_only_when_rows_would_finish_last(monkeypatch):
     assert common.split_plan(torch.device("cpu"), 64, 1638, 1, 1) == (64, 1)
 
 
+def test_sdd_split_k_policy_fills_idle_sms(monkeypatch):
+    common = _matmul_module("_common")
+    monkeypatch.setattr(common, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    # 51 blocks of 128x128 (4096^2 at density 0.05): 8 chunks of 512 (MIN_K_CHUNK bound).
+    assert common.sdd_split_k(cuda, 51, 4096, 128) == (8, 512)
+    # Enough blocks to fill the GPU, or a short K: no split.
+    assert common.sdd_split_k(cuda, 1638, 4096, 128) == (1, 4096)
+    assert common.sdd_split_k(cuda, 10, 600, 128) == (1, 600)
+    # Chunks are multiples of the granule and never empty.
+    monkeypatch.setattr(common, "FORCE_SPLIT_K", 3)
+    assert common.sdd_split_k(cuda, 10, 200, 32) == (3, 96)
+    assert common.sdd_split_k(torch.device("cpu"), 10, 40, 32) == (2, 32)  # 3 asked, 2 non-empty
+
+
 # ----------------------------------------------------------------------------- recompilation
 _KERNELS = {"sdd": "sdd_kernel", "dsd": "dsd_kernel", "dds": "dds_kernel"}
 OP_VARIANTS = [("sdd", False), ("dsd", False), ("dsd", True), ("dds", False), ("dds", True)]
@@ -291,7 +308,7 @@ def _launch(op: str, transpose: bool, layout: BlockLayout, device):
     values = torch.randn(layout.nnz, bm, bn, device=device)
     fn = getattr(_matmul_module(op), op)
     if op == "sdd":
-        return fn(torch.randn(M, 24, device=device), torch.randn(24, N, device=device), layout)
+        return fn(torch.randn(M, 96, device=device), torch.randn(96, N, device=device), layout)
     if op == "dsd":
         return fn(values, layout, torch.randn(M if transpose else N, 24, device=device), transpose)
     return fn(torch.randn(24, N if transpose else M, device=device), values, layout, transpose)
@@ -309,8 +326,9 @@ def test_topology_change_keeps_tuning_and_specialisation(op, transpose, device, 
     layouts = _layouts_same_nnz_and_other_nnz(op, transpose, device)
     assert layouts[0].nnz == layouts[1].nnz != layouts[2].nnz
     for layout, split in zip(layouts, (2, 2, 3)):
-        # Chunk lengths stand in for the GPU policy, which derives them from nnz.
+        # Chunkings stand in for the GPU policies, which derive them from nnz.
         monkeypatch.setattr(_matmul_module("_common"), "FORCE_SPLIT", split)
+        monkeypatch.setattr(_matmul_module("_common"), "FORCE_SPLIT_K", split)
         _launch(op, transpose, layout, device)
     assert len(calls) == 3
 

@@ -40,6 +40,11 @@ NOMINAL_BLOCK_P = 64
 # Chunk length used instead of the policy when set (tests force the split path on CPU,
 # benchmarks compare policies). None: the policy of :func:`split_plan` decides.
 FORCE_SPLIT: int | None = None
+# sdd: K chunks per block used instead of the policy of :func:`sdd_split_k` when set.
+FORCE_SPLIT_K: int | None = None
+# sdd: shortest K range worth a program of its own (shorter ones pay more in partials
+# written and summed than they gain in parallelism).
+MIN_K_CHUNK = 512
 
 
 def check_kernel_inputs(layout: BlockLayout, **tensors: torch.Tensor) -> None:
@@ -126,6 +131,30 @@ def split_plan(
         split *= 2
         n_splits = triton.cdiv(n_inner, split)
     return split, max(n_splits, 1)
+
+
+def sdd_split_k(device: torch.device, nnz: int, K: int, granule: int) -> tuple[int, int]:
+    """``(split_k, k_chunk)`` for sdd: K chunks per block, and the K range of each.
+
+    Each active block is one program; with fewer blocks than resident program slots (low
+    density, large blocks: e.g. 51 blocks of 128x128 on a 132-SM GPU) most SMs would idle,
+    so K is cut until the slots fill, keeping chunks of at least :data:`MIN_K_CHUNK`.
+    ``k_chunk`` is a multiple of ``granule`` (the largest BLOCK_K), so chunk edges never
+    split a BLOCK_K step; chunks are never empty. On CPU nothing is split unless
+    :data:`FORCE_SPLIT_K` asks.
+    """
+    split_k = FORCE_SPLIT_K
+    if split_k is None:
+        if device.type != "cuda" or nnz == 0:
+            return 1, K
+        slots = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        split_k = min(triton.cdiv(slots * PROGRAMS_PER_SM, nnz), K // MIN_K_CHUNK)
+    if isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
+        raise ValueError(f"FORCE_SPLIT_K must be a positive int or None; got {split_k!r}")
+    if split_k == 1 or K <= granule:
+        return 1, K
+    k_chunk = triton.cdiv(triton.cdiv(K, split_k), granule) * granule
+    return triton.cdiv(K, k_chunk), k_chunk
 
 
 @triton.jit(do_not_specialize=["SPLIT"])
