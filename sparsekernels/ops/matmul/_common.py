@@ -1,5 +1,6 @@
 """Launch helpers shared by the matmul kernels: argument checks, autotune config lists, the
-row-splitting (load-balance) policy of ``dsd``/``dds``, and the kernel that sums split rows.
+row-splitting (load-balance) policy of ``dsd``/``dds`` and the kernel that sums split rows,
+and the K-splitting policy of ``sdd``.
 
 Load balance of ``dsd``/``dds``. Those kernels give each output block-row (a *segment*: a
 block-row of ``S``, or a block-column for the transposed traversal) and each tile of the
