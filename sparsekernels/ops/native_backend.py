@@ -84,7 +84,7 @@ def _float32(**tensors: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:
             )
         if t.device.type != "cpu":
             raise ValueError(f"backend='native' runs on CPU tensors; {name} is on {t.device}")
-        out.append(t.to(_NATIVE_DTYPE))
+        out.append(t if t.dtype == _NATIVE_DTYPE else t.to(_NATIVE_DTYPE))
     return next(iter(tensors.values())).dtype, out
 
 
