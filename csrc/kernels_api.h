@@ -84,7 +84,8 @@ struct ConvFwdArgs {
   float* y;               // [N, Ho, Wo, K]
 };
 
-// dx = conv_input_grad(dy, W): DX[pixel, c]. Task = (input channel block, pixel group).
+// dx = conv_input_grad(dy, W): DX[pixel, c]. Task = (input channel block, group of pixels);
+// conv_dx_tasks gives the task count (pixel groups depend on the stride).
 struct ConvDxArgs {
   Layout L;
   ConvGeom g;
@@ -115,6 +116,7 @@ struct Kernels {
   int64_t (*conv_fwd_scratch)(const ConvFwdArgs&);
   int64_t (*conv_dx_scratch)(const ConvDxArgs&);
   int64_t (*conv_dw_scratch)(const ConvDwArgs&);
+  int64_t (*conv_dx_tasks)(const ConvDxArgs&);
   void (*dsd)(const DsdArgs&, int64_t begin, int64_t end, void* scratch);
   void (*dds)(const DdsArgs&, int64_t begin, int64_t end, void* scratch);
   void (*sdd)(const SddArgs&, int64_t begin, int64_t end, void* scratch);

@@ -492,21 +492,62 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
 
 int64_t conv_dx_scratch(const sk::ConvDxArgs& p) { return conv_scratch(conv_taps(p.g), p.L.max_col); }
 
-// Input-gradient tile: MR consecutive input pixels x the bc channels of block-column cb.
-// Input pixel (ih, iw) receives from output pixel ((ih + ph - r*dh) / sh, ...) through tap
-// (r, s) when the division is exact and in range; segments = the active blocks of column cb
-// (all taps: the transposed traversal's block-row t*Kb + kb gives tap and output block).
+// Input-gradient work is cut into "lines" of input pixels: with unit stride, runs of
+// pix_chunk consecutive pixels of the flattened [N, H, W] grid (tiles cross image rows
+// freely); with a stride, the pixels of one image row that share a column phase iw % sw,
+// iw = phase, phase + sw, ... A stride-2 tile then holds pixels that all receive from the
+// same taps (the others are skipped for the whole tile) instead of half of its rows
+// multiplying zero rows.
+SK_INLINE i64 dx_lines_per_task(const sk::ConvDxArgs& p) {
+  return imax(1, p.pix_chunk / imax(1, cdiv(p.g.W, p.g.sw)));
+}
+
+int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
+  const sk::ConvGeom& g = p.g;
+  const i64 Cb = g.C / p.L.bn;
+  if (g.sh == 1 && g.sw == 1) return Cb * cdiv(g.N * g.H * g.W, p.pix_chunk);
+  return Cb * cdiv(g.N * g.H * g.sw, dx_lines_per_task(p));
+}
+
+// Input-gradient tile: MR input pixels x the bc channels of block-column cb. Input pixel
+// (ih, iw) receives from output pixel ((ih + ph - r*dh) / sh, ...) through tap (r, s) when
+// the division is exact and in range; segments = the active blocks of column cb (all taps:
+// the transposed traversal's block-row t*Kb + kb gives tap and output block).
 void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const sk::ConvGeom& g = p.g;
   const i64 T = conv_taps(g), bk = L.bm, bc = L.bn, Kb = g.K / bk, Cb = g.C / bc;
-  const i64 npix = g.N * g.H * g.W;
   const ConvScratch sc(scratch, T, L.max_col);
   const bool unit_stride = g.sh == 1 && g.sw == 1;
+  const i64 lines_per_task = dx_lines_per_task(p);
+
+  // One tile: pixel coordinates in px, output rows at out + i * ldc.
+  auto run_tile = [&](const PixelTile& px, int m, i64 nseg, float* out, i64 ldc) {
+    for (i64 s = 0; s < nseg; ++s) {
+      const i64 t = sc.seg[s].tap;
+      if (s > 0 && sc.seg[s - 1].tap == t) continue;
+      const i64 dr = g.ph - (t / g.S) * g.dh, ds = g.pw - (t % g.S) * g.dw;
+      bool any = false;
+      for (int i = 0; i < m; ++i) {
+        const i64 hn = px.h[i] + dr, wn = px.w[i] + ds;
+        i64 oh = hn, ow = wn;
+        bool ok = hn >= 0 && wn >= 0;
+        if (!unit_stride && ok) {
+          oh = hn / g.sh, ow = wn / g.sw;
+          ok = oh * g.sh == hn && ow * g.sw == wn;
+        }
+        ok = ok && oh < g.Ho && ow < g.Wo;
+        sc.tap_rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
+        any |= ok;
+      }
+      sc.tap_any[t] = any;
+    }
+    const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, m), bk, 1, bc};
+    gemm_rows(m, bc, segs, 0, out, ldc, false);
+  };
 
   for (i64 task = begin; task < end; ++task) {
     const i64 cb = task % Cb, ch = task / Cb;
-    const i64 p0 = ch * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
     // Entries of a column come in block-row order, so taps are ascending: tap-major.
     i64 nseg = 0;
     for (i64 e = L.col_offsets[cb]; e < L.col_offsets[cb + 1]; ++e) {
@@ -514,30 +555,24 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
       sc.seg[nseg++] = ConvSeg{brow / Kb, (brow % Kb) * bk, p.values + (i64)L.block_indices_t[e] * bk * bc};
     }
     PixelTile px(g.H, g.W);
-    for (i64 i0 = p0, m; i0 < p1; i0 += m) {
-      m = rows_next(i0, p1);
-      px.load(i0, (int)m);
-      for (i64 s = 0; s < nseg; ++s) {
-        const i64 t = sc.seg[s].tap;
-        if (s > 0 && sc.seg[s - 1].tap == t) continue;
-        const i64 dr = g.ph - (t / g.S) * g.dh, ds = g.pw - (t % g.S) * g.dw;
-        bool any = false;
-        for (int i = 0; i < m; ++i) {
-          const i64 hn = px.h[i] + dr, wn = px.w[i] + ds;
-          i64 oh = hn, ow = wn;
-          bool ok = hn >= 0 && wn >= 0;
-          if (!unit_stride && ok) {
-            oh = hn / g.sh, ow = wn / g.sw;
-            ok = oh * g.sh == hn && ow * g.sw == wn;
-          }
-          ok = ok && oh < g.Ho && ow < g.Wo;
-          sc.tap_rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
-          any |= ok;
-        }
-        sc.tap_any[t] = any;
+    if (unit_stride) {
+      const i64 p0 = ch * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
+      for (i64 i0 = p0, m; i0 < p1; i0 += m) {
+        m = rows_next(i0, p1);
+        px.load(i0, (int)m);
+        run_tile(px, (int)m, nseg, p.dx + i0 * g.C + cb * bc, g.C);
       }
-      const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, (int)m), bk, 1, bc};
-      gemm_rows((int)m, bc, segs, 0, p.dx + i0 * g.C + cb * bc, g.C, false);
+      continue;
+    }
+    const i64 l0 = ch * lines_per_task, l1 = imin(g.N * g.H * g.sw, l0 + lines_per_task);
+    for (i64 line = l0; line < l1; ++line) {
+      const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
+      const i64 count = phase < g.W ? cdiv(g.W - phase, g.sw) : 0;
+      for (i64 j0 = 0, m; j0 < count; j0 += m) {
+        m = rows_next(j0, count);
+        for (int i = 0; i < m; ++i) px.n[i] = n, px.h[i] = ih, px.w[i] = phase + (j0 + i) * g.sw;
+        run_tile(px, (int)m, nseg, p.dx + ((n * g.H + ih) * g.W + phase + j0 * g.sw) * g.C + cb * bc, g.sw * g.C);
+      }
     }
   }
 }

@@ -381,8 +381,7 @@ void conv2d_input_grad(const at::Tensor& dy_in, const at::Tensor& values, at::Te
   a.pix_chunk = kPixChunk;
   a.dx = dx.data_ptr<float>();
   const Kernels& k = kernels();
-  const int64_t npix = g.N * g.H * g.W;
-  const int64_t tasks = (g.C / L.bn) * cdiv(npix, a.pix_chunk);
+  const int64_t tasks = k.conv_dx_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_dx_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_dx(a, s, e, scr); });
 }
