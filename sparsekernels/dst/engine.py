@@ -10,7 +10,8 @@ Usage (``evo.step()`` after ``optimizer.step()`` and before ``optimizer.zero_gra
         F.cross_entropy(model(x), y).backward()
         opt.step(); evo.step(); opt.zero_grad()
 
-Steps are counted from 1: the ``t``-th call of ``step()`` closes optimizer step ``t``. It is
+Steps are counted from 1 at the engine's construction: the ``t``-th call of ``step()``
+closes optimizer step ``t`` (build the engine before training starts). It is
 an *update step* when ``t % update_every == 0``, ``t <= stop_after`` and the schedule gives
 some layer ``k > 0`` blocks to swap. On an update step every sparse layer (each
 ``SparseLinear``/``SparseConv2d`` of the model, weight matrix ``[M, N]`` cut into an
@@ -68,6 +69,12 @@ only for update steps: at the end of ``step()`` the engine calls
 ``layer.request_dense_grad(True)`` on every layer when the next step is an update step and
 turns it off after the update. Under ``torch.distributed``, see
 :mod:`sparsekernels.dst.distributed`.
+
+Limitations: with gradient accumulation the dense gradient is that of the last backward
+before an update (a layer's ``dense_grad`` is overwritten, not accumulated, by each
+backward); under AMP it is the loss-scaled gradient, which leaves its ranking unchanged. The
+engine's generator lives on the first sparse layer's device; layers elsewhere receive their
+random numbers by a device-to-device copy.
 """
 
 from __future__ import annotations
@@ -116,8 +123,9 @@ class DynamicSparsity:
         global_redistribution: choose per-layer swap counts jointly (module docstring).
         adaptive: shrink the swap count from the revert rate (module docstring); None: the
             method's default (on for the evolutionary methods).
-        seed: seed of the engine's ``torch.Generator`` (tie-breaking, random growth); None:
-            ``torch.initial_seed()``. Under ``torch.distributed`` rank 0's seed is used.
+        seed: seed of the engine's ``torch.Generator`` (tie-breaking, random growth), taken
+            modulo 2**63; None: ``torch.initial_seed()``. Under ``torch.distributed`` rank 0's
+            seed is used.
         process_group: the group whose ranks must agree on the topology (default group).
         **method_options: passed to the method's constructor (e.g. ``explore=0.25``).
     """
@@ -173,7 +181,8 @@ class DynamicSparsity:
             seed = torch.initial_seed()
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or None; got {seed!r}")
-        self.seed = broadcast_seed(seed, device, process_group)
+        # initial_seed() may use all 64 bits; the broadcast travels as int64.
+        self.seed = broadcast_seed(seed % 2**63, device, process_group)
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(self.seed)
 

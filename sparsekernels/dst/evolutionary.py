@@ -22,7 +22,8 @@ so the fitness at an update averages roughly the last ``update_every`` steps.
 On an update step, a layer swapping ``k`` blocks (schedule, adaptive multiplier and global
 redistribution: see :mod:`sparsekernels.dst.engine`):
 
-1. **Selection**: prunes the ``k`` active blocks of lowest fitness.
+1. **Selection**: prunes the ``k`` active blocks of lowest fitness (those in their grace
+   period, item 3, only if nothing else is left).
 2. **Reproduction**: grows ``k − ⌊explore·k⌋`` inactive blocks by exploitation and
    ``⌊explore·k⌋`` uniformly at random among the remaining inactive blocks (exploration,
    ``explore`` default 0.25). Exploitation scores an inactive cell ``(r, c)``:
@@ -61,6 +62,8 @@ redistribution: see :mod:`sparsekernels.dst.engine`):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from sparsekernels.dst.base import (
@@ -71,6 +74,9 @@ from sparsekernels.dst.base import (
     register_method,
     slots_to_grid,
 )
+
+if TYPE_CHECKING:
+    from sparsekernels.dst.engine import DynamicSparsity
 
 
 class _EvolutionaryBase(GrowthPruneMethod):
@@ -96,7 +102,7 @@ class _EvolutionaryBase(GrowthPruneMethod):
         self.fitness_decay = fitness_decay
         self.decay = 0.0 if fitness_decay is None else float(fitness_decay)
 
-    def configure(self, engine) -> None:
+    def configure(self, engine: DynamicSparsity) -> None:
         if self.fitness_decay is None:
             self.decay = 1.0 - 1.0 / engine.update_every
 
