@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparsekernels
-from sparsekernels import BlockLayout, SparseLinear, _checks
+import sparsekernels.dst
+from sparsekernels import BlockLayout, SparseLinear, _checks, sparsify
 from sparsekernels.dst import DynamicSparsity, FractionSchedule, GrowthPruneMethod, register_method
 from tests.dst.common import METHODS, TinyConvNet, assert_layout_matches_mask, batch, mlp, sparse_layers, train
 from tests.helpers import random_block_mask
@@ -124,6 +125,37 @@ def test_optimizer_state_is_moved_not_recreated():
     after = opt.state[layer.weight_values]
     assert all(after[k] is before[k] for k in before)  # updated in place: optimizers keep their tensors
     assert int(after["step"]) == 1
+
+
+def test_contract_usage_on_a_sparsified_model():
+    """The README loop on a model made sparse by ``sparsify`` (nested names, conv + linear)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
+    summary = sparsify(model, density=0.3, block_size=8, distribution="uniform", backend="reference")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    total_steps = 12
+    evo = sparsekernels.dst.DynamicSparsity(
+        model, opt, method="rigl", update_every=2, fraction=0.3, schedule="cosine", stop_after=0.75 * total_steps
+    )
+    assert sorted(evo.layers) == sorted(s.name for s in summary.sparse_layers) == ["2.0", "5"]
+    masks = {n: m.to_block_mask() for n, m in evo.layers.items()}
+    for _ in range(total_steps):
+        x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 10, (4,))
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        evo.step()
+        opt.zero_grad()
+    assert [r["step"] for r in evo.history] == [2, 4]
+    assert any(not torch.equal(m.to_block_mask(), masks[n]) for n, m in evo.layers.items())
 
 
 # ----------------------------------------------------------------------------- selection rules
