@@ -70,9 +70,9 @@ only for update steps: at the end of ``step()`` the engine calls
 turns it off after the update. Under ``torch.distributed``, see
 :mod:`sparsekernels.dst.distributed`.
 
-Limitations: with gradient accumulation the dense gradient is that of the last backward
-before an update (a layer's ``dense_grad`` is overwritten, not accumulated, by each
-backward); under AMP it is the loss-scaled gradient, which leaves its ranking unchanged. The
+With gradient accumulation the dense gradient sums every backward of the update step (a
+layer's ``dense_grad`` accumulates like ``.grad``); under AMP it is the loss-scaled gradient,
+which leaves its ranking unchanged. The
 engine's generator lives on the first sparse layer's device; layers elsewhere receive their
 random numbers by a device-to-device copy.
 """

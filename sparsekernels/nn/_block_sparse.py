@@ -138,12 +138,12 @@ class BlockSparseWeight(nn.Module):
 
     # --------------------------------------------------------------- dense gradient (RigL)
     def request_dense_grad(self, enabled: bool = True) -> None:
-        """Ask the next forward to also produce ``self.dense_grad``: the gradient of the loss
-        with respect to the whole dense weight matrix ``[M, N]`` (one dense matmul/conv on the
-        saved input during backward). Off on ordinary steps: it costs a dense product."""
+        """Ask the following forwards to also produce ``self.dense_grad``: the gradient of the
+        loss with respect to the whole dense weight matrix ``[M, N]`` (fp32; one dense
+        matmul/conv on the saved input during backward), accumulated over backwards until the
+        next call of this method, which clears it. Off on ordinary steps: it costs a dense product."""
         self._dense_grad_requested = bool(enabled)
-        if not enabled:
-            self.dense_grad = None
+        self.dense_grad = None
 
     def _maybe_hook_dense_grad(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if not (self._dense_grad_requested and torch.is_grad_enabled() and y.requires_grad):
@@ -151,7 +151,10 @@ class BlockSparseWeight(nn.Module):
         saved = x.detach()
 
         def hook(grad_output: torch.Tensor) -> None:
-            self.dense_grad = self._dense_weight_grad(saved, grad_output.detach()).float()
+            # Accumulate like .grad does: several backwards (gradient accumulation) or a
+            # layer applied twice in one forward all contribute.
+            grad = self._dense_weight_grad(saved, grad_output.detach()).float()
+            self.dense_grad = grad if self.dense_grad is None else self.dense_grad + grad
 
         y.register_hook(hook)
 

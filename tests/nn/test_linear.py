@@ -173,6 +173,11 @@ def test_dense_grad_on_request(device):
     layer(x).square().sum().backward()
     dense(x).square().sum().backward()
     assert_close(layer.dense_grad, dense.weight.grad.double(), scale=2.0)
+    # a second backward accumulates, as .grad does
+    x2 = torch.randn(3, 64, device=device)
+    layer(x2).square().sum().backward()
+    dense(x2).square().sum().backward()
+    assert_close(layer.dense_grad, dense.weight.grad.double(), scale=2.0)
     layer.request_dense_grad(False)
     assert layer.dense_grad is None
 
