@@ -223,7 +223,9 @@ def main() -> None:
     if args.quick:
         args.rounds, args.min_run_time = 1, 0.05
     matmul, conv = [], []
-    for threads in args.threads or [torch.get_num_threads()]:
+    default_threads = torch.get_num_threads()
+    thread_counts = args.threads or [default_threads]
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         if args.quick:
@@ -240,10 +242,12 @@ def main() -> None:
         matmul += [{"threads": threads, **row} for row in m]
         conv += [{"threads": threads, **row} for row in c]
 
+    torch.set_num_threads(default_threads)
     out = results_dir(CPU, args.out)
     record = {
         "benchmark": "native",
         **environment(CPU),
+        "thread_counts": thread_counts,
         "native_isa": native_backend.isa(),
         "config": {"block": BLOCK, "dtype": "fp32", "rounds": args.rounds, "min_run_time": args.min_run_time},
         "note": args.note,

@@ -226,8 +226,8 @@ void dsd(const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta, 
   a.ldb = b.stride(1);
   a.batch = batch;
   a.P = P;
-  // Panels of 64 columns: a 6-row tile's B rows of one block-row (nnz_row x kc x 64 floats)
-  // stay in L1/L2 while it runs, and P = 256 still gives 4 tasks per block-row.
+  // Panels of 64 columns: a task reads nnz_row slabs of kc x 64 floats of B (L2-sized at
+  // moderate density), and P = 256 still gives 4 tasks per block-row to balance threads.
   a.panel = std::max<int64_t>(1, std::min<int64_t>(P, 64));
   a.out = out.data_ptr<float>();
   a.transpose = transpose_sparse;
