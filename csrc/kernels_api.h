@@ -73,7 +73,8 @@ struct ConvGeom {
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
-// y = conv(x, W): Y[pixel, k]. Task = (output channel block, group of `pix_chunk` pixels).
+// y = conv(x, W): Y[pixel, k]. Task = `pix_chunk` output pixels x all channels
+// (conv_fwd_tasks gives the count).
 struct ConvFwdArgs {
   Layout L;   // shape [R*S*K, C], block (bk, bc)
   ConvGeom g;
@@ -84,8 +85,8 @@ struct ConvFwdArgs {
   float* y;               // [N, Ho, Wo, K]
 };
 
-// dx = conv_input_grad(dy, W): DX[pixel, c]. Task = (input channel block, group of pixels);
-// conv_dx_tasks gives the task count (pixel groups depend on the stride).
+// dx = conv_input_grad(dy, W): DX[pixel, c]. Task = a group of input pixels x all channels
+// (conv_dx_tasks gives the count: pixel groups depend on the stride).
 struct ConvDxArgs {
   Layout L;
   ConvGeom g;
@@ -116,6 +117,7 @@ struct Kernels {
   int64_t (*conv_fwd_scratch)(const ConvFwdArgs&);
   int64_t (*conv_dx_scratch)(const ConvDxArgs&);
   int64_t (*conv_dw_scratch)(const ConvDwArgs&);
+  int64_t (*conv_fwd_tasks)(const ConvFwdArgs&);
   int64_t (*conv_dx_tasks)(const ConvDxArgs&);
   void (*dsd)(const DsdArgs&, int64_t begin, int64_t end, void* scratch);
   void (*dds)(const DdsArgs&, int64_t begin, int64_t end, void* scratch);

@@ -27,6 +27,7 @@ const Kernels kernels_avx2 = {
     avx2::conv_fwd_scratch,
     avx2::conv_dx_scratch,
     avx2::conv_dw_scratch,
+    avx2::conv_fwd_tasks,
     avx2::conv_dx_tasks,
     avx2::dsd,
     avx2::dds,

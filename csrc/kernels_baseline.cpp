@@ -20,6 +20,7 @@ const Kernels kernels_baseline = {
     baseline::conv_fwd_scratch,
     baseline::conv_dx_scratch,
     baseline::conv_dw_scratch,
+    baseline::conv_fwd_tasks,
     baseline::conv_dx_tasks,
     baseline::dsd,
     baseline::dds,

@@ -378,21 +378,35 @@ void sdd(const sk::SddArgs& p, int64_t begin, int64_t end, void* scratch) {
 
 // ------------------------------------------------------------------------ convolution
 
-// A tap's view of one output tile: which input pixel (or the zero row) each of its rows reads.
-// Conv tasks list their (tap, block) segments once; tiles then only compute pointers for the
-// taps that have blocks, from pixel coordinates decomposed once per tile.
+// The forward pass and the input gradient share one structure. A task is a chunk of pixels
+// (output pixels for the forward pass, input pixels for the input gradient), cut into row
+// tiles of up to MR pixels, times every channel block of the output:
+//
+//   1. the segments, one per active block, grouped by output channel block ("group": kb for
+//      the forward pass, cb for the input gradient), each tagged with its kernel tap;
+//   2. per tile and per tap that has blocks, the activation row each pixel of the tile reads
+//      through that tap (or the zero row where it falls in the padding, or where a stride
+//      skips it), computed once for all groups;
+//   3. per group, per tile: the micro-kernel over the group's segments, skipping taps whose
+//      rows are all zero for that tile. The group's blocks stay in L1 across the tiles.
 struct ConvSeg {
-  i64 tap;          // kernel tap t = r*S + s
-  i64 a_off;        // channel offset into the row of the activation (block column/row * size)
-  const float* b;   // the block, rows along the reduction
+  i64 tap;         // kernel tap t = r*S + s
+  i64 a_off;       // channel offset into the activation row (input / output block * size)
+  const float* b;  // the block, rows along the reduction
 };
 
-// Pixel coordinates of rows [i0, i0 + m) of a flattened [N, H, W] grid. Tiles of a task are
-// consecutive, so after the first tile the coordinates advance without divisions.
+struct ConvTile {
+  i64 out;  // output offset of the tile's first pixel (channel 0)
+  i64 ldc;  // output row stride between the tile's pixels
+  int m;    // pixels
+};
+
+// Pixel coordinates of a tile. Tiles of a task are mostly consecutive in the flattened
+// [N, H, W] grid, so coordinates advance without divisions after the first.
 struct PixelTile {
   i64 H, W;
-  i64 next = -1;       // flat index following the last tile
-  i64 nq, hq, wq;      // coordinates of `next`
+  i64 next = -1;   // flat index following the last tile
+  i64 nq, hq, wq;  // coordinates of `next`
   i64 n[MR], h[MR], w[MR];
   SK_INLINE PixelTile(i64 H_, i64 W_) : H(H_), W(W_), nq(0), hq(0), wq(0) {}
   SK_INLINE void load(i64 i0, int rows) {
@@ -410,124 +424,173 @@ struct PixelTile {
 
 SK_INLINE i64 conv_taps(const sk::ConvGeom& g) { return g.R * g.S; }
 
-// Scratch: segment list, per-tap row pointers [T][MR], per-tap "any valid row" flags, and the
-// row-segment tables, for at most `max_seg` segments.
-SK_INLINE i64 conv_scratch(i64 T, i64 max_seg) {
-  return max_seg * (i64)sizeof(ConvSeg) + T * (MR + 1) * (i64)sizeof(void*) + row_seg_bytes(max_seg);
-}
-
+// Per-task scratch, carved from one buffer (pointer-aligned parts first, bytes last).
 struct ConvScratch {
-  ConvSeg* seg;
-  const float** tap_rows;  // [T][MR]
-  char* tap_any;           // [T] (stored in pointer-sized slots)
-  const float** a_tab;
-  const float** b_tab;
-  ConvScratch(void* p, i64 T, i64 max_seg) {
+  ConvSeg* seg;           // [nnz]
+  i64* group;             // [groups + 1]: segments of group q are seg[group[q] .. group[q+1])
+  ConvTile* tiles;        // [max_tiles]
+  const float** rows;     // [max_tiles][T][MR]: activation row of each pixel, per tap
+  const float** a_tab;    // [nnz][MR]: the micro-kernel's A rows
+  const float** b_tab;    // [nnz]
+  char* any;              // [max_tiles][T]: tap has at least one non-zero row in the tile
+  char* tap_used;         // [T]: tap has blocks
+
+  static i64 bytes(i64 nnz, i64 groups, i64 max_tiles, i64 T) {
+    return nnz * (i64)sizeof(ConvSeg) + (groups + 1) * (i64)sizeof(i64) + max_tiles * (i64)sizeof(ConvTile) +
+           (max_tiles * T * MR + nnz * (MR + 1)) * (i64)sizeof(void*) + max_tiles * T + T + 16;
+  }
+  ConvScratch(void* p, i64 nnz, i64 groups, i64 max_tiles, i64 T) {
     seg = static_cast<ConvSeg*>(p);
-    tap_rows = reinterpret_cast<const float**>(seg + max_seg);
-    tap_any = reinterpret_cast<char*>(tap_rows + T * MR);
-    a_tab = tap_rows + T * (MR + 1);
-    b_tab = a_tab + max_seg * MR;
+    group = reinterpret_cast<i64*>(seg + nnz);
+    tiles = reinterpret_cast<ConvTile*>(group + groups + 1);
+    rows = reinterpret_cast<const float**>(tiles + max_tiles);
+    a_tab = rows + max_tiles * T * MR;
+    b_tab = a_tab + nnz * MR;
+    any = reinterpret_cast<char*>(b_tab + nnz);
+    tap_used = any + max_tiles * T;
+  }
+
+  // Runs every group over every tile: group q writes channels [q*width, (q+1)*width).
+  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out) const {
+    for (i64 q = 0; q < ngroups; ++q) {
+      for (i64 t = 0; t < ntiles; ++t) {
+        const ConvTile& tile = tiles[t];
+        const float* const* tile_rows = rows + t * T * MR;
+        const char* tile_any = any + t * T;
+        i64 used = 0;
+        for (i64 e = group[q]; e < group[q + 1]; ++e) {
+          const ConvSeg& g = seg[e];
+          if (!tile_any[g.tap]) continue;
+          for (int i = 0; i < tile.m; ++i) a_tab[used * MR + i] = tile_rows[g.tap * MR + i] + g.a_off;
+          b_tab[used++] = g.b;
+        }
+        const RowSegs segs{a_tab, b_tab, used, kc, 1, width};
+        gemm_rows(tile.m, width, segs, 0, out + tile.out + q * width, tile.ldc, false);
+      }
+    }
   }
 };
 
-// Rows of A for every segment of a tile: a tap whose rows all fall in the padding is skipped.
-SK_INLINE i64 conv_segments(const ConvScratch& sc, i64 nseg, int m) {
-  i64 used = 0;
-  for (i64 s = 0; s < nseg; ++s) {
-    const ConvSeg& g = sc.seg[s];
-    if (!sc.tap_any[g.tap]) continue;
-    for (int i = 0; i < m; ++i) sc.a_tab[used * MR + i] = sc.tap_rows[g.tap * MR + i] + g.a_off;
-    sc.b_tab[used++] = g.b;
-  }
-  return used;
-}
+// ---- forward
+
+SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return p.pix_chunk; }
+
+int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) { return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk); }
 
 int64_t conv_fwd_scratch(const sk::ConvFwdArgs& p) {
-  return conv_scratch(conv_taps(p.g), imin(conv_taps(p.g) * p.L.max_row, p.L.nnz));
+  return ConvScratch::bytes(p.L.nnz, p.g.K / p.L.bm, fwd_max_tiles(p), conv_taps(p.g));
 }
 
-// Output tile: MR consecutive output pixels (flattened n, oh, ow; tiles may cross image rows)
-// x the bk channels of block-row kb. Segments = the active blocks of block-rows t*Kb + kb
-// over all taps t; each reads, for every pixel of the tile, the input pixel its tap lands on
-// (or the zero row where it falls in the padding).
+// Task = pix_chunk consecutive output pixels (flattened n, oh, ow; tiles cross image rows)
+// x all K output channels. Group kb = the active blocks of block-rows t*Kb + kb over taps t;
+// tap t of output pixel (oh, ow) reads input pixel (oh*sh - ph + r*dh, ow*sw - pw + s*dw).
 void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const sk::ConvGeom& g = p.g;
   const i64 T = conv_taps(g), bk = L.bm, bc = L.bn, Kb = g.K / bk;
   const i64 npix = g.N * g.Ho * g.Wo;
-  const ConvScratch sc(scratch, T, imin(T * L.max_row, L.nnz));
+  const ConvScratch sc(scratch, L.nnz, Kb, fwd_max_tiles(p), T);
 
-  for (i64 task = begin; task < end; ++task) {
-    const i64 kb = task % Kb, ch = task / Kb;
-    const i64 p0 = ch * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
-    i64 nseg = 0;
+  // Segments do not depend on the pixels: list them once per call of this function.
+  for (i64 t = 0; t < T; ++t) sc.tap_used[t] = 0;
+  i64 nseg = 0;
+  for (i64 kb = 0; kb < Kb; ++kb) {
+    sc.group[kb] = nseg;
     for (i64 t = 0; t < T; ++t) {
       const i64 brow = t * Kb + kb;
-      for (i64 j = L.row_offsets[brow]; j < L.row_offsets[brow + 1]; ++j)
+      for (i64 j = L.row_offsets[brow]; j < L.row_offsets[brow + 1]; ++j) {
         sc.seg[nseg++] = ConvSeg{t, (i64)L.col_indices[j] * bc, p.values_t + j * bk * bc};
+        sc.tap_used[t] = 1;
+      }
     }
+  }
+  sc.group[Kb] = nseg;
+
+  for (i64 task = begin; task < end; ++task) {
+    const i64 p0 = task * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
     PixelTile px(g.Ho, g.Wo);
-    for (i64 i0 = p0, m; i0 < p1; i0 += m) {
+    i64 ntiles = 0;
+    for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
       m = rows_next(i0, p1);
       px.load(i0, (int)m);
-      for (i64 s = 0; s < nseg; ++s) {
-        const i64 t = sc.seg[s].tap;
-        if (s > 0 && sc.seg[s - 1].tap == t) continue;  // segments are tap-major
+      sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
+      const float** rows = sc.rows + ntiles * T * MR;
+      char* any = sc.any + ntiles * T;
+      for (i64 t = 0; t < T; ++t) {
+        if (!sc.tap_used[t]) continue;
         const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
-        bool any = false;
+        bool found = false;
         for (int i = 0; i < m; ++i) {
           const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
           const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-          sc.tap_rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
-          any |= ok;
+          rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
+          found |= ok;
         }
-        sc.tap_any[t] = any;
+        any[t] = found;
       }
-      const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, (int)m), bc, 1, bk};
-      gemm_rows((int)m, bk, segs, 0, p.y + i0 * g.K + kb * bk, g.K, false);
     }
+    sc.run(Kb, ntiles, T, bc, bk, p.y);
   }
 }
 
-int64_t conv_dx_scratch(const sk::ConvDxArgs& p) { return conv_scratch(conv_taps(p.g), p.L.max_col); }
+// ---- input gradient
 
-// Input-gradient work is cut into "lines" of input pixels: with unit stride, runs of
-// pix_chunk consecutive pixels of the flattened [N, H, W] grid (tiles cross image rows
-// freely); with a stride, the pixels of one image row that share a column phase iw % sw,
-// iw = phase, phase + sw, ... A stride-2 tile then holds pixels that all receive from the
-// same taps (the others are skipped for the whole tile) instead of half of its rows
-// multiplying zero rows.
+// Work is cut into "lines" of input pixels: with unit stride, runs of pix_chunk consecutive
+// pixels of the flattened [N, H, W] grid (tiles cross image rows freely); with a stride, the
+// pixels of one image row that share a column phase iw % sw, iw = phase, phase + sw, ... A
+// stride-2 tile then holds pixels that all receive from the same taps (the others are
+// skipped for the whole tile) instead of half of its rows multiplying zero rows.
 SK_INLINE i64 dx_lines_per_task(const sk::ConvDxArgs& p) {
   return imax(1, p.pix_chunk / imax(1, cdiv(p.g.W, p.g.sw)));
 }
 
-int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
-  const sk::ConvGeom& g = p.g;
-  const i64 Cb = g.C / p.L.bn;
-  if (g.sh == 1 && g.sw == 1) return Cb * cdiv(g.N * g.H * g.W, p.pix_chunk);
-  return Cb * cdiv(g.N * g.H * g.sw, dx_lines_per_task(p));
+SK_INLINE i64 dx_max_tiles(const sk::ConvDxArgs& p) {
+  if (p.g.sh == 1 && p.g.sw == 1) return p.pix_chunk;
+  return dx_lines_per_task(p) * cdiv(p.g.W, p.g.sw);
 }
 
-// Input-gradient tile: MR input pixels x the bc channels of block-column cb. Input pixel
-// (ih, iw) receives from output pixel ((ih + ph - r*dh) / sh, ...) through tap (r, s) when
-// the division is exact and in range; segments = the active blocks of column cb (all taps:
-// the transposed traversal's block-row t*Kb + kb gives tap and output block).
+int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
+  const sk::ConvGeom& g = p.g;
+  if (g.sh == 1 && g.sw == 1) return cdiv(g.N * g.H * g.W, p.pix_chunk);
+  return cdiv(g.N * g.H * g.sw, dx_lines_per_task(p));
+}
+
+int64_t conv_dx_scratch(const sk::ConvDxArgs& p) {
+  return ConvScratch::bytes(p.L.nnz, p.g.C / p.L.bn, dx_max_tiles(p), conv_taps(p.g));
+}
+
+// Task = a group of input pixels x all C input channels. Group cb = the active blocks of
+// block-column cb (all taps: the transposed traversal's block-row t*Kb + kb gives the tap and
+// the output block). Input pixel (ih, iw) receives from output pixel ((ih + ph - r*dh) / sh,
+// (iw + pw - s*dw) / sw) through tap (r, s) when both divisions are exact and in range.
 void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const sk::ConvGeom& g = p.g;
   const i64 T = conv_taps(g), bk = L.bm, bc = L.bn, Kb = g.K / bk, Cb = g.C / bc;
-  const ConvScratch sc(scratch, T, L.max_col);
+  const ConvScratch sc(scratch, L.nnz, Cb, dx_max_tiles(p), T);
   const bool unit_stride = g.sh == 1 && g.sw == 1;
-  const i64 lines_per_task = dx_lines_per_task(p);
 
-  // One tile: pixel coordinates in px, output rows at out + i * ldc.
-  auto run_tile = [&](const PixelTile& px, int m, i64 nseg, float* out, i64 ldc) {
-    for (i64 s = 0; s < nseg; ++s) {
-      const i64 t = sc.seg[s].tap;
-      if (s > 0 && sc.seg[s - 1].tap == t) continue;
+  // Entries of the transposed traversal, column by column; within a column in block-row
+  // order, so tap-major.
+  for (i64 t = 0; t < T; ++t) sc.tap_used[t] = 0;
+  for (i64 cb = 0; cb <= Cb; ++cb) sc.group[cb] = L.col_offsets[cb];
+  for (i64 e = 0; e < L.nnz; ++e) {
+    const i64 brow = L.row_indices_t[e], t = brow / Kb;
+    sc.seg[e] = ConvSeg{t, (brow % Kb) * bk, p.values + (i64)L.block_indices_t[e] * bk * bc};
+    sc.tap_used[t] = 1;
+  }
+
+  // Rows for one tile of pixels px (m of them) whose outputs start at `out`, `ldc` apart.
+  PixelTile px(g.H, g.W);
+  i64 ntiles = 0;
+  auto add_tile = [&](int m, i64 out, i64 ldc) {
+    sc.tiles[ntiles] = ConvTile{out, ldc, m};
+    const float** rows = sc.rows + ntiles * T * MR;
+    char* any = sc.any + ntiles * T;
+    for (i64 t = 0; t < T; ++t) {
+      if (!sc.tap_used[t]) continue;
       const i64 dr = g.ph - (t / g.S) * g.dh, ds = g.pw - (t % g.S) * g.dw;
-      bool any = false;
+      bool found = false;
       for (int i = 0; i < m; ++i) {
         const i64 hn = px.h[i] + dr, wn = px.w[i] + ds;
         i64 oh = hn, ow = wn;
@@ -537,43 +600,37 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
           ok = oh * g.sh == hn && ow * g.sw == wn;
         }
         ok = ok && oh < g.Ho && ow < g.Wo;
-        sc.tap_rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
-        any |= ok;
+        rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
+        found |= ok;
       }
-      sc.tap_any[t] = any;
+      any[t] = found;
     }
-    const RowSegs segs{sc.a_tab, sc.b_tab, conv_segments(sc, nseg, m), bk, 1, bc};
-    gemm_rows(m, bc, segs, 0, out, ldc, false);
+    ++ntiles;
   };
 
+  const i64 lines_per_task = dx_lines_per_task(p);
   for (i64 task = begin; task < end; ++task) {
-    const i64 cb = task % Cb, ch = task / Cb;
-    // Entries of a column come in block-row order, so taps are ascending: tap-major.
-    i64 nseg = 0;
-    for (i64 e = L.col_offsets[cb]; e < L.col_offsets[cb + 1]; ++e) {
-      const i64 brow = L.row_indices_t[e];
-      sc.seg[nseg++] = ConvSeg{brow / Kb, (brow % Kb) * bk, p.values + (i64)L.block_indices_t[e] * bk * bc};
-    }
-    PixelTile px(g.H, g.W);
+    ntiles = 0;
     if (unit_stride) {
-      const i64 p0 = ch * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
+      const i64 p0 = task * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
       for (i64 i0 = p0, m; i0 < p1; i0 += m) {
         m = rows_next(i0, p1);
         px.load(i0, (int)m);
-        run_tile(px, (int)m, nseg, p.dx + i0 * g.C + cb * bc, g.C);
+        add_tile((int)m, i0 * g.C, g.C);
       }
-      continue;
-    }
-    const i64 l0 = ch * lines_per_task, l1 = imin(g.N * g.H * g.sw, l0 + lines_per_task);
-    for (i64 line = l0; line < l1; ++line) {
-      const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
-      const i64 count = phase < g.W ? cdiv(g.W - phase, g.sw) : 0;
-      for (i64 j0 = 0, m; j0 < count; j0 += m) {
-        m = rows_next(j0, count);
-        for (int i = 0; i < m; ++i) px.n[i] = n, px.h[i] = ih, px.w[i] = phase + (j0 + i) * g.sw;
-        run_tile(px, (int)m, nseg, p.dx + ((n * g.H + ih) * g.W + phase + j0 * g.sw) * g.C + cb * bc, g.sw * g.C);
+    } else {
+      const i64 l0 = task * lines_per_task, l1 = imin(g.N * g.H * g.sw, l0 + lines_per_task);
+      for (i64 line = l0; line < l1; ++line) {
+        const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
+        const i64 count = phase < g.W ? cdiv(g.W - phase, g.sw) : 0;
+        for (i64 j0 = 0, m; j0 < count; j0 += m) {
+          m = rows_next(j0, count);
+          for (int i = 0; i < m; ++i) px.n[i] = n, px.h[i] = ih, px.w[i] = phase + (j0 + i) * g.sw;
+          add_tile((int)m, ((n * g.H + ih) * g.W + phase + j0 * g.sw) * g.C, g.sw * g.C);
+        }
       }
     }
+    sc.run(Cb, ntiles, T, bk, bc, p.dx);
   }
 }
 

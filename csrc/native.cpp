@@ -352,9 +352,8 @@ void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::Tensor
   a.pix_chunk = kPixChunk;
   a.y = y.data_ptr<float>();
   const Kernels& k = kernels();
-  const int64_t npix = g.N * g.Ho * g.Wo;
-  const int64_t tasks = (g.K / L.bm) * cdiv(npix, a.pix_chunk);
-  const double work = 2.0 * L.nnz * L.bm * L.bn * npix;
+  const int64_t tasks = k.conv_fwd_tasks(a);
+  const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_fwd_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_fwd(a, s, e, scr); });
 }
 
