@@ -1,5 +1,6 @@
 """sparsekernels: block-sparse GPU kernels for dynamic sparse training."""
 
+from sparsekernels import dst
 from sparsekernels._checks import set_debug_checks
 from sparsekernels.layout import BlockLayout
 from sparsekernels.nn import SparseConv2d, SparseLinear, sparsify
@@ -11,6 +12,7 @@ __all__ = [
     "SparseLinear",
     "SparseConv2d",
     "sparsify",
+    "dst",
     "set_debug_checks",
     "native_available",
     "__version__",
