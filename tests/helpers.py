@@ -48,3 +48,23 @@ def random_block_mask(R: int, C: int, density: float, device="cpu", generator=No
     mask = torch.zeros(R * C, dtype=torch.bool)
     mask[order] = True
     return mask.reshape(R, C).to(device)
+
+
+# Tensor methods that copy device data to the host (a synchronisation on a GPU).
+SYNC_METHODS = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__", "numpy")
+
+
+def spy_host_syncs(monkeypatch) -> list[str]:
+    """Record every call of a :data:`SYNC_METHODS` method from now until ``monkeypatch.undo()``;
+    returns the (growing) list of the names called. Catches Python-level syncs on any device;
+    syncs inside C++ ops need ``torch.cuda.set_sync_debug_mode`` on a GPU."""
+    calls: list[str] = []
+    for name in SYNC_METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return calls

@@ -9,7 +9,7 @@ import torch
 import sparsekernels
 from sparsekernels import BlockLayout
 from sparsekernels.layout import check_kernel_block_size
-from tests.helpers import random_block_mask
+from tests.helpers import random_block_mask, spy_host_syncs
 
 SHAPES = [(1, 1), (1, 7), (7, 1), (3, 4), (8, 8), (5, 13), (16, 3)]
 DENSITIES = [0.0, 0.05, 0.3, 0.5, 1.0]
@@ -192,15 +192,7 @@ def test_build_with_nnz_traces_without_host_sync():
 def test_build_with_nnz_calls_no_sync_functions(monkeypatch):
     """A second guard: Tensor.item / tolist / nonzero are never called when nnz is given."""
     mask = random_block_mask(6, 6, 0.5)
-    calls = []
-    for name in ("item", "tolist", "nonzero", "__bool__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *args, _name=name, _original=original, **kwargs):
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
+    calls = spy_host_syncs(monkeypatch)
     layout = BlockLayout.from_block_mask(mask, 2, nnz=18)
     old = BlockLayout.from_block_mask(mask, 2, nnz=18)
     layout.remap(old)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sparsekernels import BlockLayout, SparseLinear
-from tests.helpers import RTOL, assert_close, random_block_mask
+from tests.helpers import RTOL, assert_close, random_block_mask, spy_host_syncs
 
 BACKENDS = ["reference", "triton"]
 
@@ -114,15 +114,7 @@ def test_set_layout_keeps_kept_and_zeros_grown(device):
 def test_set_layout_does_not_sync(monkeypatch):
     layer = SparseLinear(64, 64, density=0.5, block_size=16)
     new_layout = BlockLayout.from_block_mask(random_block_mask(4, 4, 0.5), 16, nnz=layer.nnz)
-    calls = []
-    for name in ("item", "tolist", "nonzero", "__bool__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *args, _name=name, _original=original, **kwargs):
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
+    calls = spy_host_syncs(monkeypatch)
     layer.set_layout(new_layout)
     monkeypatch.undo()
     assert calls == []
