@@ -137,3 +137,17 @@ def test_bad_inputs(device):
         SparseConv2d.from_dense(nn.Conv2d(32, 32, 3, groups=2))
     with pytest.raises(ValueError, match="padding_mode"):
         SparseConv2d(16, 16, 3, padding_mode="reflect", block_size=16)
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_triton(device):
+    """On a GPU: the Triton conv kernels inside torch.compile(fullgraph=True)."""
+    torch._dynamo.reset()
+    layer = SparseConv2d(32, 32, 3, padding=1, density=0.5, block_size=16, device=device)
+    layer.backend = "triton"
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(2, 32, 8, 8, device=device).to(memory_format=torch.channels_last).requires_grad_(True)
+    y = compiled(x)
+    assert_close(y, layer.to_dense().double()(x.detach().double()), scale=2.0)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(layer.weight_values.grad).all()

@@ -195,3 +195,20 @@ def test_bad_inputs(device):
 
 def test_tolerance_table_is_per_dtype():
     assert RTOL[torch.float32] < RTOL[torch.float16] < RTOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_triton(device):
+    """On a GPU: the Triton kernels inside torch.compile(fullgraph=True), forward and backward."""
+    torch._dynamo.reset()
+    layer = SparseLinear(64, 128, density=0.5, block_size=32, device=device)
+    layer.backend = "triton"
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(8, 64, device=device, requires_grad=True)
+    x64 = x.detach().double().requires_grad_(True)
+    dense = layer.to_dense().double()
+    y, y64 = compiled(x), dense(x64)
+    assert_close(y, y64, scale=2.0)
+    y.sum().backward()
+    y64.sum().backward()
+    assert_close(x.grad, x64.grad, scale=2.0)
