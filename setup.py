@@ -62,6 +62,15 @@ def _optional(build_ext_cls):
     return OptionalBuildExt
 
 
+def _openmp_flags() -> list[str]:
+    """OpenMP flags matching torch's own parallel backend (empty when torch was built without it)."""
+    if os.environ.get("SPARSEKERNELS_OPENMP", "1").strip() == "0":
+        return []
+    import torch
+
+    return ["-fopenmp"] if torch._C.has_openmp else []
+
+
 def _native_extension() -> dict:
     if os.environ.get("SPARSEKERNELS_NATIVE", "1").strip() == "0":
         _skip("SPARSEKERNELS_NATIVE=0")
@@ -82,7 +91,12 @@ def _native_extension() -> dict:
         SOURCES,
         # Portable flags only: AVX2/FMA code is compiled per function (csrc/kernels_avx2.cpp)
         # and chosen at run time, so the binary runs on any x86-64. -g0 halves the build time.
-        extra_compile_args={"cxx": ["-O3", "-g0", "-Wno-psabi"]},
+        # -fopenmp: at::parallel_for is inlined from ATen's headers, so the extension must be
+        # compiled with OpenMP itself to run in parallel; linking libgomp by its soname binds it to
+        # the libgomp that torch already loaded (torch/lib/libgomp.so.1), so torch.set_num_threads
+        # governs our kernels too (checked by tests/ops/test_native_threads.py).
+        extra_compile_args={"cxx": ["-O3", "-g0", "-Wno-psabi", *_openmp_flags()]},
+        extra_link_args=_openmp_flags(),
         depends=["csrc/kernels_api.h", "csrc/kernels_impl.h"],
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": _optional(BuildExtension)}}

@@ -15,12 +15,20 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "kernels_api.h"
 
@@ -69,6 +77,49 @@ void set_isa(const std::string& name) {
   } else {
     TORCH_CHECK_VALUE(false, "isa must be 'auto', 'avx2' or 'baseline'; got '", name, "'");
   }
+}
+
+// ------------------------------------------------------------------ build and runtime facts
+
+// How this binary was built, as "key=value" lines (sparsekernels.native_info() parses them).
+// The parallel backend is a property of the build: at::parallel_for is inlined from ATen's
+// headers, so without -fopenmp it silently runs every task on the calling thread.
+std::string build_info() {
+  std::string s = "isa=" + isa() + "\n";
+#ifdef _OPENMP
+  s += "parallel_backend=openmp\nopenmp_version=" + std::to_string(_OPENMP) + "\n";
+  // Which OpenMP runtime our calls bind to: it must be the one torch loaded, otherwise
+  // torch.set_num_threads would not govern our kernels.
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&omp_get_max_threads), &info) != 0 && info.dli_fname != nullptr) {
+    s += std::string("openmp_runtime=") + info.dli_fname + "\n";
+  }
+#else
+  s += "parallel_backend=none\n";
+#endif
+#if defined(__clang__)
+  s += "compiler=clang " __clang_version__ "\n";
+#elif defined(__GNUC__)
+  s += "compiler=gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "\n";
+#endif
+  return s;
+}
+
+// The threads our kernels would use now (at::get_num_threads as seen from this binary).
+int64_t num_threads() { return at::get_num_threads(); }
+
+// Runs one task per thread through the same at::parallel_for path as the kernels and returns
+// how many distinct OS threads executed them: a functional check (not a timing) that the
+// parallel backend really spreads tasks over threads. A serial backend reports 1.
+int64_t parallel_probe() {
+  const int64_t threads = at::get_num_threads();
+  std::mutex mu;
+  std::set<std::thread::id> seen;
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(seen.size());
 }
 
 // ------------------------------------------------------------------ validation
@@ -421,6 +472,9 @@ void conv2d_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, at::Ten
 TORCH_LIBRARY(sparsekernels_native, m) {
   m.def("isa() -> str", &sk::isa);
   m.def("set_isa(str name) -> ()", &sk::set_isa);
+  m.def("build_info() -> str", &sk::build_info);
+  m.def("num_threads() -> int", &sk::num_threads);
+  m.def("parallel_probe() -> int", &sk::parallel_probe);
   m.def("dsd(Tensor values, Tensor[] layout, int[] meta, Tensor b, bool transpose_sparse, Tensor(a!) out) -> ()");
   m.def("dds(Tensor a, Tensor values, Tensor[] layout, int[] meta, bool transpose_sparse, Tensor(a!) out) -> ()");
   m.def("sdd(Tensor a, Tensor b, Tensor[] layout, int[] meta, Tensor(a!) out) -> ()");

@@ -5,6 +5,7 @@ from sparsekernels._checks import set_debug_checks
 from sparsekernels.layout import BlockLayout
 from sparsekernels.nn import SparseConv2d, SparseLinear, sparsify
 from sparsekernels.ops.backends import native_available
+from sparsekernels.ops.native_backend import native_info
 
 __version__ = "0.1.0"
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "dst",
     "set_debug_checks",
     "native_available",
+    "native_info",
     "__version__",
 ]

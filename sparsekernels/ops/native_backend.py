@@ -31,6 +31,7 @@ from sparsekernels.ops._alloc import new_output
 __all__ = [
     "available",
     "isa",
+    "native_info",
     "sdd",
     "dsd",
     "dds",
@@ -71,6 +72,28 @@ def _ops():
 def isa() -> str:
     """The instruction set the kernels run with: ``"avx2"`` (AVX2 + FMA) or ``"baseline"``."""
     return _ops().isa()
+
+
+def native_info() -> dict[str, object]:
+    """How the native extension was built and what it runs with now.
+
+    Keys: ``available`` (bool); when available also ``isa`` (``"avx2"``/``"baseline"``),
+    ``parallel_backend`` (``"openmp"``, or ``"none"`` for a serial build), ``openmp_version``,
+    ``openmp_runtime`` (the shared library our OpenMP calls bind to: torch's own),
+    ``compiler``, ``threads`` (``torch.get_num_threads()`` as the kernels see it) and
+    ``threads_used`` (distinct threads one parallel region actually ran on: a functional
+    check, not a timing).
+    """
+    if not available():
+        return {"available": False}
+    ops = _ops()
+    info: dict[str, object] = {"available": True}
+    for line in ops.build_info().splitlines():
+        key, _, value = line.partition("=")
+        info[key] = value
+    info["threads"] = int(ops.num_threads())
+    info["threads_used"] = int(ops.parallel_probe())
+    return info
 
 
 def _float32(**tensors: torch.Tensor) -> tuple[torch.dtype, list[torch.Tensor]]:

@@ -8,6 +8,7 @@ float64. Outputs are NaN-poisoned, so an element a kernel forgets to write fails
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -266,6 +267,28 @@ def test_threads_give_identical_results(cpu, threads):
             torch.set_num_threads(n)
             results.append(fn(*args))
         assert all(torch.equal(results[0], r) for r in results[1:]), name
+
+
+@needs_native
+def test_build_has_parallel_backend(cpu, threads):
+    """A build check, not a timing: the extension was compiled with torch's parallel backend,
+    binds to the OpenMP runtime torch loaded, follows torch.set_num_threads, and one parallel
+    region really runs on that many threads. A serial build (no -fopenmp) fails here."""
+    info = sparsekernels.native_info()
+    assert info["available"] and info["isa"] in ("avx2", "baseline")
+    if not torch._C.has_openmp:
+        pytest.skip("this torch was built without OpenMP: the extension is serial by design")
+    assert info["parallel_backend"] == "openmp", info
+    torch_lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
+    runtime = os.path.realpath(str(info["openmp_runtime"]))
+    # torch's wheels bundle libgomp; a source build of torch may use the system's, which is
+    # then the one torch loaded too (same soname).
+    assert runtime.startswith(torch_lib) or "libgomp" in os.path.basename(runtime), runtime
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        info = sparsekernels.native_info()
+        assert info["threads"] == n
+        assert info["threads_used"] == n, f"{n} threads requested, the parallel region ran on {info['threads_used']}"
 
 
 @needs_native
