@@ -5,7 +5,8 @@ convolution forward and backward on each backend that can run here (reference al
 Triton on CUDA, or under its CPU interpreter when no GPU is present; native when the C++
 extension was built), compares outputs and gradients with a float64 dense computation,
 and prints a table. Then trains a small block-sparse network with a dynamic topology for a
-few steps, to show the whole loop working: dense vs RigL on CIFAR-10 when the data is found
+few steps, to show the whole loop working and what it buys: dense vs RigL ResNet-18 on CIFAR-10 when
+the data is found
 (``--data-dir`` or ``$SPARSEKERNELS_DATA``), else on synthetic CIFAR-shaped data, said loudly.
 Exits non-zero if any check fails.
 """
@@ -13,10 +14,12 @@ Exits non-zero if any check fails.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="float32 only")
-    parser.add_argument("--train-steps", type=int, default=40, help="steps of the training demo (0: skip)")
+    parser.add_argument("--train-steps", type=int, default=24, help="steps of the training demo (0: skip)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location (default: $SPARSEKERNELS_DATA)")
     parser.add_argument("--out", default="runs/demo", help="where the training demo writes its records")
     args = parser.parse_args(argv)
@@ -150,21 +153,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+# The training comparison: a net big enough that its convolutions dominate the step (ResNet-18,
+# 64-512 channels), 32-blocks (the native kernels' sweet spot), 90 % of every sparsified
+# layer's weights removed, RigL updates rare enough to amortise their dense gradient.
+DEMO_MODEL = ["--model", "resnet18", "--block-size", "32", "--density", "0.1", "--distribution", "uniform"]
+DEMO_BATCH = 64
+
+
 def train_briefly(device: torch.device, steps: int, data_dir: str | None, out: str) -> int:
-    """Dense vs dynamically sparse (RigL, 80% of weights pruned, block 16) ResNet-20 x2."""
+    """Dense vs dynamically sparse (RigL, 90 % of the weights of the sparsified layers pruned,
+    block 32) CIFAR ResNet-18, ``steps`` optimizer steps each, then a one-line verdict."""
     from sparsekernels import train
     from sparsekernels.data import find_cifar10
 
-    print(f"\ntraining a ResNet-20 (width 2) dense and 80%-sparse with RigL for {steps} steps each")
-    argv = ["--model", "resnet20", "--width", "2", "--block-size", "16", "--density", "0.2"]
-    argv += ["--compare", "dense,rigl", "--update-every", str(max(1, steps // 6)), "--batch-size", "32"]
-    argv += ["--epochs", "1", "--max-steps", str(steps), "--device", str(device), "--out", out]
-    argv += ["--channels-last", "--seed", "0"]
-    if find_cifar10(data_dir) is not None:
+    real = find_cifar10(data_dir) is not None
+    print(
+        f"\ntraining a CIFAR ResNet-18 dense and 90%-sparse (RigL, block 32) for {steps} steps each, "
+        f"batch {DEMO_BATCH}, {torch.get_num_threads()} threads"
+    )
+    # On synthetic data two short epochs: throughput is taken from the second (steady) one.
+    per_epoch = max(1, steps // 2)
+    argv = [*DEMO_MODEL, "--compare", "dense,rigl", "--update-every", str(per_epoch)]
+    argv += ["--batch-size", str(DEMO_BATCH), "--epochs", "2", "--max-steps", str(steps)]
+    argv += ["--device", str(device), "--out", out, "--channels-last", "--seed", "0"]
+    if real:
         argv += ["--data-dir", data_dir] if data_dir else []
     else:
-        argv += ["--synthetic", "--synthetic-size", str(steps * 32)]
-    return train.main(argv)
+        argv += ["--synthetic", "--synthetic-size", str(per_epoch * DEMO_BATCH)]
+    code = train.main(argv)
+    if code == 0:
+        print(verdict(Path(out) / "compare.json", real))
+    return code
+
+
+def verdict(compare_json: Path, real_data: bool) -> str:
+    """``sparse training step 3.1x faster than dense; test accuracy ...`` from a compare record."""
+    runs = {r["label"]: r for r in json.loads(compare_json.read_text())["runs"]}
+    dense, sparse = runs["dense"], runs["rigl"]
+    speedup = sparse["steady_images_per_second"] / dense["steady_images_per_second"]
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "n/a"
+    accuracy = (
+        f"test accuracy after {dense['steps_done']} steps: dense {100 * dense['final_test_acc']:.1f} %, "
+        f"sparse {100 * sparse['final_test_acc']:.1f} % (a smoke run, not converged)"
+        if real_data
+        else "accuracy not meaningful (synthetic data)"
+    )
+    return (
+        f"verdict: sparse training step {speedup:.1f}x {'faster' if speedup >= 1 else 'SLOWER'} than dense "
+        f"(same run, {torch.get_num_threads()} threads, load {load}); {accuracy}"
+    )
 
 
 if __name__ == "__main__":
