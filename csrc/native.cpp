@@ -378,7 +378,7 @@ constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
 // Conv tasks cover 48 pixels: a multiple of every register-tile height (6 and 4), and small
 // enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
-constexpr int64_t kPixChunk = 48;
+constexpr int64_t kPixChunk = 144;
 
 void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta,
                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,

@@ -77,12 +77,57 @@ def _sdd_setup(ctx, inputs, output):
     ctx.layout_meta, ctx.backend = layout_meta, backend
 
 
+# The gradient formulas, written once. Each takes the ops it needs as callables bound to the
+# layout and backend (``dsd(values, b, transpose)``, ...): the custom ops' autograd passes the
+# differentiable custom ops, the eager CPU path (ops/eager.py) the backend functions.
+def sdd_grads(grad: Tensor, a: Tensor, b: Tensor, needs: Sequence[bool], dsd, dds) -> tuple:
+    grad = grad.contiguous()
+    da = dsd(grad, b.t(), False) if needs[0] else None
+    db = dds(a.t(), grad, False) if needs[1] else None
+    return da, db
+
+
+def dsd_grads(grad: Tensor, values: Tensor, b: Tensor, t: bool, needs: Sequence[bool], sdd, dsd) -> tuple:
+    dvalues = db = None
+    if needs[0]:
+        # Stack the batch into the reduction: S-grad = sum over batch of G_i @ B_iᵀ.
+        g_cols = grad.movedim(-2, 0).reshape(grad.shape[-2], -1)  # [rows_out, batch*P]
+        b_cols = b.movedim(-2, 0).reshape(b.shape[-2], -1)  # [rows_in, batch*P]
+        dvalues = sdd(b_cols, g_cols.t()) if t else sdd(g_cols, b_cols.t())
+    if needs[1]:
+        db = dsd(values, grad, not t)
+    return dvalues, db
+
+
+def dds_grads(grad: Tensor, a: Tensor, values: Tensor, t: bool, needs: Sequence[bool], sdd, dds) -> tuple:
+    da = dvalues = None
+    if needs[0]:
+        da = dds(grad, values, not t)
+    if needs[1]:
+        a2, g2 = _flatten_rows(a), _flatten_rows(grad)  # [batch*P, in], [batch*P, out]
+        dvalues = sdd(g2.t(), a2) if t else sdd(a2.t(), g2)
+    return da, dvalues
+
+
+def conv_grads(grad: Tensor, x: Tensor, values: Tensor, needs: Sequence[bool], input_grad, weight_grad) -> tuple:
+    dx = input_grad(grad, values, list(x.shape)) if needs[0] else None
+    dvalues = weight_grad(x, grad) if needs[1] else None
+    return dx, dvalues
+
+
+def _bound_ops(lt: list[Tensor], meta: list[int], backend: str) -> dict:
+    """The custom ops bound to one layout and backend, as the gradient formulas call them."""
+    return {
+        "sdd": lambda a, b: sdd_op(a, b, lt, meta, backend),
+        "dsd": lambda v, b, t: dsd_op(v, lt, meta, b, t, backend),
+        "dds": lambda a, v, t: dds_op(a, v, lt, meta, t, backend),
+    }
+
+
 def _sdd_backward(ctx, grad):
     a, b, *lt = ctx.saved_tensors
-    meta, backend = ctx.layout_meta, ctx.backend
-    grad = grad.contiguous()
-    da = dsd_op(grad, lt, meta, b.t(), False, backend) if ctx.needs_input_grad[0] else None
-    db = dds_op(a.t(), grad, lt, meta, False, backend) if ctx.needs_input_grad[1] else None
+    ops = _bound_ops(lt, ctx.layout_meta, ctx.backend)
+    da, db = sdd_grads(grad, a, b, ctx.needs_input_grad[:2], ops["dsd"], ops["dds"])
     return da, db, _NO_GRADS, None, None
 
 
@@ -117,15 +162,9 @@ def _dsd_setup(ctx, inputs, output):
 
 def _dsd_backward(ctx, grad):
     values, b, *lt = ctx.saved_tensors
-    meta, t, backend = ctx.layout_meta, ctx.transpose_sparse, ctx.backend
-    dvalues = db = None
-    if ctx.needs_input_grad[0]:
-        # Stack the batch into the reduction: S-grad = sum over batch of G_i @ B_iᵀ.
-        g_cols = grad.movedim(-2, 0).reshape(grad.shape[-2], -1)  # [rows_out, batch*P]
-        b_cols = b.movedim(-2, 0).reshape(b.shape[-2], -1)  # [rows_in, batch*P]
-        dvalues = sdd_op(b_cols, g_cols.t(), lt, meta, backend) if t else sdd_op(g_cols, b_cols.t(), lt, meta, backend)
-    if ctx.needs_input_grad[3]:
-        db = dsd_op(values, lt, meta, grad, not t, backend)
+    ops = _bound_ops(lt, ctx.layout_meta, ctx.backend)
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3])
+    dvalues, db = dsd_grads(grad, values, b, ctx.transpose_sparse, needs, ops["sdd"], ops["dsd"])
     return dvalues, _NO_GRADS, None, db, None, None
 
 
@@ -160,13 +199,8 @@ def _dds_setup(ctx, inputs, output):
 
 def _dds_backward(ctx, grad):
     a, values, *lt = ctx.saved_tensors
-    meta, t, backend = ctx.layout_meta, ctx.transpose_sparse, ctx.backend
-    da = dvalues = None
-    if ctx.needs_input_grad[0]:
-        da = dds_op(grad, values, lt, meta, not t, backend)
-    if ctx.needs_input_grad[1]:
-        a2, g2 = _flatten_rows(a), _flatten_rows(grad)  # [batch*P, in], [batch*P, out]
-        dvalues = sdd_op(g2.t(), a2, lt, meta, backend) if t else sdd_op(a2.t(), g2, lt, meta, backend)
+    ops = _bound_ops(lt, ctx.layout_meta, ctx.backend)
+    da, dvalues = dds_grads(grad, a, values, ctx.transpose_sparse, ctx.needs_input_grad[:2], ops["sdd"], ops["dds"])
     return da, dvalues, _NO_GRADS, None, None, None
 
 
@@ -255,13 +289,15 @@ def _conv_setup(ctx, inputs, output):
 def _conv_backward(ctx, grad):
     x, values, *lt = ctx.saved_tensors
     meta, kernel_size, stride, padding, dilation, backend = ctx.args
-    dx = dvalues = None
-    if ctx.needs_input_grad[0]:
-        dx = conv2d_input_grad_op(
-            grad, values, lt, meta, list(x.shape), kernel_size, stride, padding, dilation, backend
-        )
-    if ctx.needs_input_grad[1]:
-        dvalues = conv2d_weight_grad_op(x, grad, lt, meta, kernel_size, stride, padding, dilation, backend)
+    geometry = (kernel_size, stride, padding, dilation)
+    dx, dvalues = conv_grads(
+        grad,
+        x,
+        values,
+        ctx.needs_input_grad[:2],
+        lambda dy, v, shape: conv2d_input_grad_op(dy, v, lt, meta, shape, *geometry, backend),
+        lambda xx, dy: conv2d_weight_grad_op(xx, dy, lt, meta, *geometry, backend),
+    )
     return dx, dvalues, _NO_GRADS, None, None, None, None, None, None
 
 
