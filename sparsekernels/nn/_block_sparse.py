@@ -20,8 +20,10 @@ What differs from ``nn.Linear``/``nn.Conv2d`` (the sparse layers are not subclas
   outside the active blocks are dropped. ``layer.weight.grad`` does not exist: the gradient is
   ``layer.weight_values.grad``.
 * find them with :func:`sparse_modules` (``isinstance(m, nn.Conv2d)`` is False for them).
-* ``torch.jit.script`` is not supported (the forward calls ``torch.library`` custom ops with a
-  Python layout object); ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work.
+* ``torch.jit.script`` is not supported (the forward passes a Python ``BlockLayout`` object to
+  ``torch.library`` custom ops, which TorchScript cannot type) and will not be: torch itself
+  deprecates TorchScript. ``torch.compile`` and ``torch.export`` work (``torch.jit.trace`` too,
+  with torch's deprecation warning).
 """
 
 from __future__ import annotations
