@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import warnings
 
 from setuptools import setup
 
@@ -67,7 +68,13 @@ def _native_extension() -> dict:
         _skip("SPARSEKERNELS_NATIVE=0")
         return {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        with warnings.catch_warnings():
+            # pip builds this package before installing its dependencies, so numpy (ours, not
+            # torch's) is usually absent here and importing torch warns "Failed to initialize
+            # NumPy". The build only needs torch's headers and flags, never numpy: drop that one
+            # message, nothing else.
+            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+            from torch.utils.cpp_extension import BuildExtension, CppExtension
     except Exception as exc:  # noqa: BLE001 - torch missing or broken: build without it
         _skip(
             f"torch is not importable at build time ({type(exc).__name__}: {exc}); install torch first, "
