@@ -191,10 +191,13 @@ class TinyViT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the check
-def _sparsify_and_compare(model: nn.Module, x: torch.Tensor, dtype=torch.float64, backend="reference", **kwargs):
-    """Sparsify ``model`` (in ``dtype``), build its dense twin with the same mask, and check
-    forward and backward against it. Returns the summary."""
-    model = model.to(dtype)
+def _sparsify_and_compare(
+    model: nn.Module, x: torch.Tensor, dtype=torch.float64, backend="reference", device="cpu", **kwargs
+):
+    """Sparsify ``model`` (in ``dtype``, on ``device``), build its dense twin with the same mask,
+    and check forward and backward against it. Returns the summary."""
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device)
     if dtype != torch.float64:
         # Train-mode BatchNorm over a batch of 2 at 1x1 spatial size is so ill-conditioned that
         # the *dense* fp32 model is 17 % off its fp64 self: compare fp32 with running statistics.
@@ -306,3 +309,33 @@ def test_transformer_mlp_on_tokens(dtype):
     # MultiheadAttention's out_proj (a Linear subclass torch reads through .weight) is left alone
     assert type(model.blocks[0].attn.out_proj) is not SparseLinear
     assert "blocks.0.attn.out_proj" not in {s.name for s in summary}
+
+
+# ----------------------------------------------------------------------------- the real libraries (GPU machine)
+@pytest.mark.gpu
+def test_torchvision_resnet50(device):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=10)
+    summary = _sparsify_and_compare(
+        model, torch.randn(2, 3, 64, 64), dtype=torch.float32, backend="auto", device=device, density=0.2, block_size=32
+    )
+    assert len(summary.sparse_layers) > 40
+
+
+@pytest.mark.gpu
+def test_timm_vit(device):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    summary = _sparsify_and_compare(
+        model,
+        torch.randn(2, 3, 224, 224),
+        dtype=torch.float32,
+        backend="auto",
+        device=device,
+        density=0.3,
+        block_size=32,
+    )
+    names = {s.name for s in summary.sparse_layers}
+    assert "blocks.0.mlp.fc1" in names and "blocks.11.mlp.fc2" in names
