@@ -26,7 +26,17 @@ import sys
 import sysconfig
 import warnings
 
+import setuptools
 from setuptools import setup
+
+# pyproject.toml's SPDX `license` string needs setuptools >= 77. With --no-build-isolation
+# pip uses the environment's setuptools (a fresh venv may ship 65), whose error would be a
+# schema dump: say what to do instead.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(
+        f"sparsekernels needs setuptools >= 77 to build; this environment has {setuptools.__version__}. "
+        "Run `pip install --upgrade pip setuptools wheel` first (the README's install command does)."
+    )
 
 SOURCES = [
     "csrc/native.cpp",
