@@ -24,8 +24,19 @@ import os
 import shutil
 import sys
 import sysconfig
+import warnings
 
+import setuptools
 from setuptools import setup
+
+# pyproject.toml's SPDX `license` string needs setuptools >= 77. With --no-build-isolation
+# pip uses the environment's setuptools (a fresh venv may ship 65), whose error would be a
+# schema dump: say what to do instead.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(
+        f"sparsekernels needs setuptools >= 77 to build; this environment has {setuptools.__version__}. "
+        "Run `pip install --upgrade pip setuptools wheel` first (the README's install command does)."
+    )
 
 SOURCES = [
     "csrc/native.cpp",
@@ -76,7 +87,13 @@ def _native_extension() -> dict:
         _skip("SPARSEKERNELS_NATIVE=0")
         return {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        with warnings.catch_warnings():
+            # pip builds this package before installing its dependencies, so numpy (ours, not
+            # torch's) is usually absent here and importing torch warns "Failed to initialize
+            # NumPy". The build only needs torch's headers and flags, never numpy: drop that one
+            # message, nothing else.
+            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+            from torch.utils.cpp_extension import BuildExtension, CppExtension
     except Exception as exc:  # noqa: BLE001 - torch missing or broken: build without it
         _skip(
             f"torch is not importable at build time ({type(exc).__name__}: {exc}); install torch first, "

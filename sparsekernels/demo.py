@@ -108,11 +108,21 @@ def available_backends(device: torch.device) -> list[str]:
     return names
 
 
+def backend_label(backend: str, device: torch.device) -> str:
+    """How the demo names a backend: on a CPU, Triton is its interpreter, checked for
+    correctness only (its timings say nothing about Triton's speed on a GPU)."""
+    if backend == "triton" and device.type == "cpu":
+        return "triton: Triton interpreter (correctness only, not speed)"
+    return {"reference": "reference: plain PyTorch", "native": "native: C++ CPU kernels"}.get(backend, backend)
+
+
 def check_ops(device: torch.device, quick: bool) -> bool:
     cases = [_matmul_case(op, t) for op in ("sdd", "dsd", "dds") for t in ((False,) if op == "sdd" else (False, True))]
     cases += [_conv_case(1), _conv_case(2)]
     dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
-    rows, ok = [], True
+    ok = True
+    # Each row is printed when its check finishes: the interpreter takes a while per case.
+    print(f"{'op':<24} {'backend':<10} {'dtype':<9} {'fwd err':>9} {'grad errs':>19} {'seconds':>8}  check")
     for backend in available_backends(device):
         for dtype in dtypes:
             if backend == "native" and dtype != torch.float32:
@@ -124,14 +134,12 @@ def check_ops(device: torch.device, quick: bool) -> bool:
                 errors = [_rel(o, r) for o, r in zip(outs, refs)]
                 passed = max(errors) <= TOLERANCE[dtype]
                 ok &= passed
-                rows.append((case.name, backend, str(dtype).replace("torch.", ""), errors, seconds, passed))
-    print(f"{'op':<24} {'backend':<10} {'dtype':<9} {'fwd err':>9} {'grad errs':>19} {'seconds':>8}  check")
-    for name, backend, dtype, errors, seconds, passed in rows:
-        grads = " ".join(f"{e:.1e}" for e in errors[1:])
-        print(
-            f"{name:<24} {backend:<10} {dtype:<9} {errors[0]:>9.1e} {grads:>19} {seconds:>8.2f}  "
-            f"{'ok' if passed else 'FAIL'}"
-        )
+                grads = " ".join(f"{e:.1e}" for e in errors[1:])
+                print(
+                    f"{case.name:<24} {backend:<10} {str(dtype).replace('torch.', ''):<9} {errors[0]:>9.1e} "
+                    f"{grads:>19} {seconds:>8.2f}  {'ok' if passed else 'FAIL'}",
+                    flush=True,
+                )
     return ok
 
 
@@ -145,11 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"sparsekernels demo on {device} (torch {torch.__version__}); backends: {available_backends(device)}")
-    ok = check_ops(device, args.quick)
-    print("all op checks passed" if ok else "SOME OP CHECKS FAILED")
+    print(f"sparsekernels demo on {device} (torch {torch.__version__}); backends:")
+    for backend in available_backends(device):
+        print(f"  {backend_label(backend, device)}")
+    ops_ok = check_ops(device, args.quick)
+    print("all op checks passed" if ops_ok else "SOME OP CHECKS FAILED", flush=True)
+    train_ok = True
     if args.train_steps > 0:
-        ok &= train_briefly(device, args.train_steps, args.data_dir, args.out) == 0
+        train_ok = train_briefly(device, args.train_steps, args.data_dir, args.out) == 0
+    ok = ops_ok and train_ok
+    parts = [f"op checks {'passed' if ops_ok else 'FAILED'}"]
+    if args.train_steps > 0:
+        parts.append(f"training run {'completed' if train_ok else 'FAILED'}")
+    print(f"\ndemo: {'PASS' if ok else 'FAIL'} ({', '.join(parts)})", flush=True)
     return 0 if ok else 1
 
 

@@ -29,22 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from sparsekernels.data import CIFAR10, DeviceLoader, load_cifar10, synthetic_cifar10
-from sparsekernels.models import MODELS, build_model
-from sparsekernels.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from sparsekernels.training.metrics import count_flops, count_parameters
-from sparsekernels.training.plotting import plot_accuracy, plot_churn
-from sparsekernels.training.progress import ProgressBar
-from sparsekernels.training.records import environment, to_jsonable, write_json
-from sparsekernels.training.schedules import SCHEDULES, build_scheduler
-
+# The command line is defined before torch is imported (see _answer_help_early): these names
+# repeat registries of torch-importing modules, and tests/test_train_cli.py checks they agree.
+MODEL_NAMES = ("resnet18", "resnet20", "resnet32", "resnet56")  # sparsekernels.models.MODELS
+SCHEDULE_NAMES = ("one-cycle", "cosine")  # sparsekernels.training.schedules.SCHEDULES
+AMP_NAMES = ("bf16", "fp16", "none")  # AMP_DTYPES below
 METHODS = ("static", "set", "rigl", "evolutionary", "evolutionary-gradient")
 DISTRIBUTIONS = ("uniform", "er", "erk")
 BACKENDS = ("auto", "triton", "reference", "native")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 5e-2}
 # Sparse entries of --compare use --density, or this when --density is left at 1.0.
@@ -59,59 +51,91 @@ RESUME_KEYS = (
 
 
 # ----------------------------------------------------------------------------- command line
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default:" in text or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sparsekernels.train",
         description="Train a (block-sparse) ResNet on CIFAR-10 and record accuracy, time and cost.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet20", choices=sorted(MODELS))
+    g.add_argument("--model", default="resnet20", choices=MODEL_NAMES, help="network (CIFAR ResNets)")
     g.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (smoke runs)")
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    g.add_argument(
+        "--max-steps", type=int, default=None, help="cap on optimizer steps, for smoke runs (default: no cap)"
+    )
+    g.add_argument("--batch-size", type=int, default=128, help="training images per optimizer step")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="sgd: Nesterov momentum 0.9")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: sgd 0.1, adamw 1e-3)")
     g.add_argument(
         "--weight-decay", type=float, default=None, help="on conv/linear weights only (default: sgd 5e-4, adamw 0.05)"
     )
-    g.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="stepped every optimizer step")
+    g.add_argument("--schedule", default="cosine", choices=SCHEDULE_NAMES, help="lr schedule, stepped every step")
     g.add_argument(
         "--warmup-epochs",
         type=float,
         default=1.0,
         help="linear warm-up of the cosine schedule (at most a fifth of the run's steps)",
     )
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype (fp16 adds loss scaling)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing, in [0, 1)")
+    g.add_argument("--amp", default="none", choices=AMP_NAMES, help="autocast dtype (fp16 adds loss scaling)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory for model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("sparsity")
     g.add_argument("--density", type=float, default=1.0, help="fraction of weights kept (1.0 = dense)")
-    g.add_argument("--block-size", type=int, default=32)
+    g.add_argument(
+        "--block-size",
+        type=int,
+        default=16,
+        help="square block size of the sparse layers. 16 leaves every ResNet-20 layer (16-64 channels) "
+        "several blocks to rewire at density 0.1, where 32 leaves about one (nothing to swap); "
+        "32 or 64 suit wide models such as resnet18 on a GPU",
+    )
     g.add_argument("--distribution", default="erk", choices=DISTRIBUTIONS, help="per-layer density allocation")
     g.add_argument("--method", default="static", choices=METHODS, help="topology update method")
     g.add_argument("--update-every", type=int, default=100, help="optimizer steps between topology updates")
     g.add_argument("--update-fraction", type=float, default=0.3, help="fraction of active blocks replaced")
-    g.add_argument("--update-schedule", default="cosine", choices=("constant", "cosine", "linear"))
+    g.add_argument(
+        "--update-schedule",
+        default="cosine",
+        choices=("constant", "cosine", "linear"),
+        help="decay of --update-fraction over the updates (cosine: RigL's)",
+    )
     g.add_argument("--stop-after", type=float, default=0.75, help="no updates after this fraction of the steps")
-    g.add_argument("--backend", default="auto", choices=BACKENDS, help="sparse kernel backend")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="sparse kernel backend; auto: triton on CUDA, native on CPU when built, else reference",
+    )
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--seed", type=int, default=0, help="seed of the model init, data order and topology updates")
+    g.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto, cuda when available, else cpu)"
+    )
     g.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py (default: $SPARSEKERNELS_DATA)")
     g.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped data (smoke runs only!)")
     g.add_argument("--synthetic-size", type=int, default=2048, help="training images of --synthetic (test: 1/4)")
     g.add_argument("--out", default=None, help="output folder (default: runs/<model>-<method>-<time>)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: none)")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from (default: none, a fresh run)")
     g.add_argument(
         "--compare",
         default=None,
         help="comma-separated configurations run in sequence on the same budget, e.g. dense,rigl,evolutionary "
-        f"(sparse ones use --density, {DEFAULT_COMPARE_DENSITY} if it is 1.0; NAME@DENSITY overrides)",
+        f"(sparse ones use --density, {DEFAULT_COMPARE_DENSITY} if it is 1.0; NAME@DENSITY overrides) "
+        "(default: none, a single run)",
     )
     return p
 
@@ -148,6 +172,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
     return args
+
+
+def _answer_help_early() -> None:
+    """``python -m sparsekernels.train --help`` prints the help and exits here, before the
+    imports below load torch (seconds on a cold machine) for nothing."""
+    if __name__ == "__main__" and any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        build_parser().parse_args(sys.argv[1:])  # exits after printing
+
+
+_answer_help_early()
+
+# ----------------------------------------------------------------------------- the training run (needs torch)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sparsekernels.data import CIFAR10, DeviceLoader, load_cifar10, synthetic_cifar10  # noqa: E402
+from sparsekernels.models import build_model  # noqa: E402
+from sparsekernels.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state  # noqa: E402
+from sparsekernels.training.metrics import count_flops, count_parameters  # noqa: E402
+from sparsekernels.training.plotting import plot_accuracy, plot_churn  # noqa: E402
+from sparsekernels.training.progress import ProgressBar  # noqa: E402
+from sparsekernels.training.records import environment, to_jsonable, write_json  # noqa: E402
+from sparsekernels.training.schedules import build_scheduler  # noqa: E402
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def resolve_device(name: str) -> torch.device:

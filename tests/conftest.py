@@ -40,11 +40,23 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
-    on_gpu = config.getoption("--device") != "cpu"
-    skip_gpu = pytest.mark.skip(reason="GPU sweep: run with --device cuda")
-    for item in items:
-        if "gpu" in item.keywords and not on_gpu:
-            item.add_marker(skip_gpu)
+    """On a CPU run, deselect (not skip) the GPU sweeps: thousands of skip marks would bury
+    what ran. One line in the header says how many and how to run them."""
+    if config.getoption("--device") != "cpu":
+        return
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if "gpu" not in item.keywords]
+    config._sparsekernels_gpu_deselected = len(gpu)
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    n = getattr(config, "_sparsekernels_gpu_deselected", 0)
+    if n:
+        return f"{n} GPU sweeps (marked gpu) deselected on this CPU run; run them with: pytest --device cuda"
+    return None
 
 
 @pytest.fixture(autouse=True)

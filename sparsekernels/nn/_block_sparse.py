@@ -10,16 +10,32 @@ convolutions) is held as
 ``set_layout`` swaps the topology in place with tensor copies only: the parameter object,
 its shape and every buffer shape stay the same (constant ``nnz``), nothing waits for the
 device, and compiled graphs or CUDA graphs that captured the buffers stay valid.
+
+What differs from ``nn.Linear``/``nn.Conv2d`` (the sparse layers are not subclasses of them):
+
+* the trainable parameter is ``weight_values``; ``weight`` is a *property* that materialises
+  the dense weight (a new tensor on every read, differentiable with respect to
+  ``weight_values``; editing it in place changes nothing). Assigning ``layer.weight = w``
+  (dense shape) writes ``w`` into the active blocks and keeps the layout: entries of ``w``
+  outside the active blocks are dropped. ``layer.weight.grad`` does not exist: the gradient is
+  ``layer.weight_values.grad``.
+* find them with :func:`sparse_modules` (``isinstance(m, nn.Conv2d)`` is False for them).
+* ``torch.jit.script`` is not supported (the forward passes a Python ``BlockLayout`` object to
+  ``torch.library`` custom ops, which TorchScript cannot type) and will not be: torch itself
+  deprecates TorchScript. ``torch.compile`` and ``torch.export`` work (``torch.jit.trace`` too,
+  with torch's deprecation warning).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from sparsekernels.layout import INDEX_FIELDS, BlockLayout, blocks_for_density, normalize_block_size
+from sparsekernels.ops import backends
 
 
 def top_blocks_layout(dense: torch.Tensor, block_size: tuple[int, int], density: float) -> BlockLayout:
@@ -136,6 +152,84 @@ class BlockSparseWeight(nn.Module):
     def to_block_mask(self) -> torch.Tensor:
         return self.layout.to_block_mask()
 
+    # --------------------------------------------------------------- dense view
+    def _dense_matrix(self) -> torch.Tensor:
+        """The weight matrix ``[M, N]`` with zeros outside the active blocks (differentiable)."""
+        return self.layout.values_to_dense(self.weight_values)
+
+    def _matrix_to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix  # overridden by conv: [R*S*K, C] -> [K, C, R, S]
+
+    def _weight_to_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight (``nn.Linear``/``nn.Conv2d`` shape) as a **new tensor**: zeros outside
+        the active blocks, differentiable with respect to ``weight_values`` (the parameter that
+        trains). In-place edits of the returned tensor do not reach the layer; assign instead:
+        ``layer.weight = w`` writes ``w`` into the active blocks (layout unchanged, entries
+        outside it dropped)."""
+        return self._matrix_to_weight(self._dense_matrix())
+
+    @weight.setter
+    def weight(self, value: torch.Tensor) -> None:
+        self._assign_weight(value)
+
+    @torch.no_grad()
+    def _assign_weight(self, value: torch.Tensor) -> None:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor; got {type(value).__name__}")
+        expected = tuple(self._matrix_to_weight(torch.empty(self.matrix_shape, device="meta")).shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"weight must have shape {expected}; got {tuple(value.shape)}")
+        matrix = self._weight_to_matrix(value.detach().to(self.weight_values))
+        self.weight_values.copy_(self.layout.dense_to_values(matrix))
+
+    def __setattr__(self, name: str, value) -> None:
+        # nn.Module.__setattr__ would try to register an nn.Parameter named "weight" (and fail
+        # with "attribute 'weight' already exists"): route every assignment to the setter.
+        if name == "weight":
+            self._assign_weight(value)
+            return
+        super().__setattr__(name, value)
+
+    # --------------------------------------------------------------- torch.sparse bridge
+    def _matrix_to_sparse_bsr(self) -> torch.Tensor:
+        """The weight matrix ``[M, N]`` as a torch BSR tensor sharing this layout's order
+        (values detached and copied; index dtype int32 as in the layout)."""
+        layout = self.layout
+        return torch.sparse_bsr_tensor(
+            layout.row_offsets.clone(),
+            layout.col_indices.clone(),
+            self.weight_values.detach().clone(),
+            size=layout.shape,
+            check_invariants=False,  # a layout's row offsets and sorted columns are BSR by construction
+        )
+
+    @staticmethod
+    def _layout_from_sparse_bsr(matrix: torch.Tensor, shape: tuple[int, int], name: str) -> BlockLayout:
+        """The :class:`BlockLayout` of a torch BSR tensor ``[M, N]`` (blocks ``[bm, bn]``)."""
+        if not isinstance(matrix, torch.Tensor) or matrix.layout != torch.sparse_bsr:
+            got = matrix.layout if isinstance(matrix, torch.Tensor) else type(matrix).__name__
+            raise TypeError(f"{name} must be a torch.sparse_bsr tensor (Tensor.to_sparse_bsr); got {got}")
+        if tuple(matrix.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(matrix.shape)}")
+        values = matrix.values()
+        if values.dim() != 3:
+            raise ValueError(f"{name} must have 2-D blocks (values [nnz, bm, bn]); got values {tuple(values.shape)}")
+        bm, bn = values.shape[1:]
+        R, C = shape[0] // bm, shape[1] // bn
+        crow, col = matrix.crow_indices().long(), matrix.col_indices().long()
+        nnz = values.shape[0]
+        if nnz == 0:
+            raise ValueError(f"{name} has no stored block: a sparse layer needs at least one")
+        rows = torch.repeat_interleave(torch.arange(R, device=crow.device), crow.diff())
+        block_mask = torch.zeros(R * C, dtype=torch.bool, device=crow.device)
+        block_mask[rows * C + col] = True
+        # torch keeps BSR columns sorted within a row, the layout's slot order: values map 1:1.
+        return BlockLayout.from_block_mask(block_mask.reshape(R, C), (bm, bn), nnz)
+
     # --------------------------------------------------------------- dense gradient (RigL)
     def request_dense_grad(self, enabled: bool = True) -> None:
         """Ask the following forwards to also produce ``self.dense_grad``: the gradient of the
@@ -161,8 +255,34 @@ class BlockSparseWeight(nn.Module):
     def _dense_weight_grad(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def resolved_backend(self) -> str:
+        """The backend that runs for this layer's device: ``backend="auto"`` resolved (``"triton"``
+        on CUDA, ``"native"`` on CPU when the C++ extension is built, else ``"reference"``); an
+        explicit backend is returned as set (its availability is checked at the first forward)."""
+        if self.backend == "auto":
+            return backends.resolve("auto", self.weight_values.device)
+        return self.backend
+
     def extra_repr(self) -> str:
-        return f"block_size={self.block_size}, nnz={self.nnz}, density={self.density:.3f}, backend={self.backend!r}"
+        runs = self.resolved_backend()
+        if runs == "triton" and self.weight_values.device.type == "cpu":
+            runs = "triton (interpreter)"
+        backend = repr(self.backend) if runs == self.backend else f"{self.backend!r} -> {runs!r}"
+        return f"block_size={self.block_size}, nnz={self.nnz}, density={self.density:.3f}, backend={backend}"
+
+
+def sparse_modules(model: nn.Module) -> Iterator[tuple[str, BlockSparseWeight]]:
+    """``(name, module)`` for every :class:`SparseLinear`/:class:`SparseConv2d` in ``model``
+    (``model.named_modules()`` filtered): the sparse layers that ``isinstance(m, nn.Linear)``
+    and ``isinstance(m, nn.Conv2d)`` loops miss.
+
+    Example: ``for name, m in sparse_modules(model): m.reset_parameters()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, BlockSparseWeight):
+            yield name, module
 
 
 def gather_blocks(values: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

@@ -27,14 +27,27 @@ def _padding(padding, kernel_size: tuple[int, int], stride: tuple[int, int], dil
     return pair(padding, "padding")
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x [N, C, H, W]`` is in channels-last memory (and not also plain contiguous,
+    which happens when C or H·W is 1: then NCHW is the format to return, as nn.Conv2d does)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class SparseConv2d(BlockSparseWeight):
     """2-D convolution whose weight ``[K, C, R, S]`` keeps blocks of ``(K, C)`` channel tiles
     independently for every kernel tap (layout convention: :mod:`sparsekernels.conv_layout`).
 
-    Shapes: x ``[N, C, H, W]`` (channels-last memory is the fast path) -> ``[N, K, Ho, Wo]``
-    in channels-last memory. Parameters: ``weight_values [nnz, bk, bc]``, ``bias [K]``.
-    Initialisation: ``U(-1/sqrt(f), 1/sqrt(f))`` with ``f = C·R·S × density`` (mean active
-    fan-in), ``nn.Conv2d``'s rule at density 1. Zero padding, groups = 1 only.
+    Shapes: x ``[N, C, H, W]`` -> ``[N, K, Ho, Wo]`` in the input's memory format, as
+    ``nn.Conv2d``: channels-last in, channels-last out (the fast path: the kernels work in
+    channels-last, so nothing is converted); otherwise a contiguous NCHW result (the input and
+    the output are each converted once). Parameters: ``weight_values [nnz, bk, bc]``,
+    ``bias [K]``. Initialisation: ``U(-1/sqrt(f), 1/sqrt(f))`` with ``f = C·R·S × density``
+    (mean active fan-in), ``nn.Conv2d``'s rule at density 1. Zero padding, groups = 1 only.
+
+    Not a subclass of ``nn.Conv2d``: ``weight`` is a property giving a dense ``[K, C, R, S]``
+    copy (assigning it writes into the active blocks), see :mod:`sparsekernels.nn._block_sparse`.
+    ``to_sparse_bsr``/``from_sparse_bsr`` convert the weight *matrix* ``[R*S*K, C]`` (the
+    convention of :mod:`sparsekernels.conv_layout`) to and from ``torch.sparse_bsr`` tensors.
     """
 
     def __init__(
@@ -92,7 +105,11 @@ class SparseConv2d(BlockSparseWeight):
         )
         self._maybe_hook_dense_grad(x, y)
         if bias is not None:
-            y = y + bias.view(1, -1, 1, 1)
+            y = y + bias.view(1, -1, 1, 1)  # keeps y's (channels-last) memory format
+        if not _channels_last(x):
+            # nn.Conv2d returns the input's memory format: NCHW in, contiguous NCHW out (so
+            # x.view(x.size(0), -1) works after a conv stack). One conversion of the result.
+            y = y.contiguous()
         return y
 
     def _dense_weight_grad(self, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
@@ -103,8 +120,59 @@ class SparseConv2d(BlockSparseWeight):
         return conv_weight_to_matrix(dweight)
 
     def dense_weight(self) -> torch.Tensor:
-        """The dense ``[K, C, R, S]`` weight with zeros outside the active blocks."""
+        """The dense ``[K, C, R, S]`` weight with zeros outside the active blocks (= ``weight``)."""
         return conv_matrix_to_weight(self.layout.values_to_dense(self.weight_values), self.kernel_size)
+
+    def _matrix_to_weight(self, matrix: torch.Tensor) -> torch.Tensor:
+        return conv_matrix_to_weight(matrix, self.kernel_size)
+
+    def _weight_to_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return conv_weight_to_matrix(weight)
+
+    def to_sparse_bsr(self) -> torch.Tensor:
+        """The weight matrix ``[R*S*K, C]`` (``Wm[t*K + k, c] = W[k, c, r, s]``, tap
+        ``t = r*S + s``) as a ``torch.sparse_bsr`` tensor (values copied and detached). torch has
+        no BSR convolution: use it to store or inspect the topology, or multiply it yourself."""
+        return self._matrix_to_sparse_bsr()
+
+    @classmethod
+    def from_sparse_bsr(
+        cls,
+        weight: torch.Tensor,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        bias: torch.Tensor | None = None,
+        *,
+        dilation: int | tuple[int, int] = 1,
+    ) -> "SparseConv2d":
+        """A ``SparseConv2d`` whose weight matrix ``[R*S*K, C]`` is the BSR tensor ``weight`` (the
+        inverse of :meth:`to_sparse_bsr`; values and ``bias [K]`` are copied)."""
+        ks = pair(kernel_size, "kernel_size")
+        shape = (ks[0] * ks[1] * out_channels, in_channels)
+        layout = cls._layout_from_sparse_bsr(weight, shape, "weight")
+        if bias is not None and tuple(bias.shape) != (out_channels,):
+            raise ValueError(f"bias must have shape ({out_channels},); got {tuple(bias.shape)}")
+        values = weight.values()
+        layer = cls(
+            in_channels,
+            out_channels,
+            ks,
+            stride,
+            padding,
+            bias is not None,
+            dilation=dilation,
+            layout=layout,
+            device=values.device,
+            dtype=values.dtype,
+        )
+        with torch.no_grad():
+            layer.weight_values.copy_(values)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
 
     @classmethod
     def from_dense(

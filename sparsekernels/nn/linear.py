@@ -26,6 +26,11 @@ class SparseLinear(BlockSparseWeight):
     transposed traversal and dW only at active blocks (SDD); no dense weight is built.
     Initialisation: ``U(-1/sqrt(f), 1/sqrt(f))`` for weights and bias with
     ``f = in_features × density`` (the mean active fan-in), ``nn.Linear``'s rule at density 1.
+
+    Not a subclass of ``nn.Linear``: ``weight`` is a property giving a dense ``[out, in]``
+    copy (assigning it writes into the active blocks), see
+    :mod:`sparsekernels.nn._block_sparse`. ``to_sparse_bsr``/``from_sparse_bsr`` convert to and
+    from ``torch.sparse_bsr`` tensors (for inference with ``torch.sparse``).
     """
 
     def __init__(
@@ -122,6 +127,30 @@ class SparseLinear(BlockSparseWeight):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+    def to_sparse_bsr(self) -> torch.Tensor:
+        """The weight ``[out_features, in_features]`` as a ``torch.sparse_bsr`` tensor (values
+        ``[nnz, bm, bn]`` copied and detached, int32 indices), e.g. for
+        ``torch.nn.functional.linear(x, layer.to_sparse_bsr(), layer.bias)`` at inference."""
+        return self._matrix_to_sparse_bsr()
+
+    @classmethod
+    def from_sparse_bsr(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "SparseLinear":
+        """A ``SparseLinear`` whose weight is the BSR tensor ``weight [out, in]`` (its blocks,
+        ``[bm, bn]``, become the layout; values and ``bias [out]`` are copied)."""
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise TypeError("weight must be a 2-D torch.sparse_bsr tensor [out_features, in_features]")
+        out_f, in_f = weight.shape
+        layout = cls._layout_from_sparse_bsr(weight, (out_f, in_f), "weight")
+        if bias is not None and tuple(bias.shape) != (out_f,):
+            raise ValueError(f"bias must have shape ({out_f},); got {tuple(bias.shape)}")
+        values = weight.values()
+        layer = cls(in_f, out_f, bias is not None, layout=layout, device=values.device, dtype=values.dtype)
+        with torch.no_grad():
+            layer.weight_values.copy_(values)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
 
     def extra_repr(self) -> str:
         return (

@@ -15,16 +15,21 @@ layer.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
 
-from sparsekernels.layout import normalize_block_size
+from sparsekernels.conv_layout import conv_layout_shape
+from sparsekernels.layout import blocks_for_density, normalize_block_size
 from sparsekernels.nn.conv import SparseConv2d
 from sparsekernels.nn.linear import SparseLinear
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
+# Status of a layer chosen for sparsification whose density came out at 1: its ERK share was
+# capped at 1, or rounding its density to whole blocks kept every block. Left dense.
+CAPPED = "dense: capped at density 1"
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class LayerSummary:
     density: float  # fraction of weights kept (1.0 for dense layers)
     nnz: int  # active blocks (0 for layers left dense)
     block_size: int | None  # None for layers left dense
-    status: str  # "sparse", or why the layer stayed dense
+    status: str  # "sparse", or why the layer stayed dense ("dense: ...", "skipped: ...")
 
     @property
     def params(self) -> int:
@@ -58,7 +63,7 @@ class SparsifySummary(list):
     def global_density(self) -> float:
         """Parameter-weighted density over the layers chosen for sparsification (capped ones
         included at 1.0)."""
-        chosen = [s for s in self if s.status in ("sparse", "dense: capped at density 1")]
+        chosen = [s for s in self if s.status in ("sparse", CAPPED)]
         total = sum(s.params for s in chosen)
         return sum(s.params * s.density for s in chosen) / total if total else 1.0
 
@@ -69,7 +74,13 @@ class SparsifySummary(list):
                 f"{s.name:<32} {s.kind:<7} {str(s.shape):<20} {s.density:>8.4f} {s.nnz:>7} "
                 f"{s.block_size if s.block_size else '-':>5}  {s.status}"
             )
-        rows.append(f"global density of sparsified layers: {self.global_density:.4f}")
+        if self.sparse_layers:
+            rows.append(
+                f"{len(self.sparse_layers)} of {len(self)} layers sparse; "
+                f"global density of sparsified layers: {self.global_density:.4f}"
+            )
+        else:
+            rows.append(f"no layer was made sparse (0 of {len(self)}): the model is unchanged")
         return "\n".join(rows)
 
 
@@ -177,8 +188,9 @@ def sparsify(
         if name not in by_name:
             summary.append(LayerSummary(name, kind, shape, 1.0, 0, None, statuses[name]))
             continue
-        if target[name] >= 1.0:
-            summary.append(LayerSummary(name, kind, shape, 1.0, 0, None, "dense: capped at density 1"))
+        if target[name] >= 1.0 or _blocks_kept(module, bs, target[name]) == _blocks_total(module, bs):
+            # A "sparse" layer holding every block would only be a slower dense one.
+            summary.append(LayerSummary(name, kind, shape, 1.0, 0, None, CAPPED))
             continue
         if kind == "conv2d":
             sparse = SparseConv2d.from_dense(module, density=target[name], block_size=bs)
@@ -188,7 +200,28 @@ def sparsify(
         sparse.train(module.training)
         _set_submodule(model, name, sparse)
         summary.append(LayerSummary(name, kind, shape, sparse.density, sparse.nnz, bs, "sparse"))
+    if not summary.sparse_layers:
+        reasons = sorted({s.status for s in summary}) or ["the model has no nn.Linear/nn.Conv2d layer"]
+        warnings.warn(
+            f"sparsify(block_size={bs}, density={density}) made no layer sparse; the model is unchanged "
+            f"({'; '.join(reasons)}). Try a block size dividing the layers' channel counts (e.g. 16 or 32).",
+            UserWarning,
+            stacklevel=2,
+        )
     return summary
+
+
+def _blocks_total(module: nn.Module, bs: int) -> int:
+    """Blocks of the layer's weight matrix (``[out, in]``, or ``[R*S*K, C]`` for convolutions)."""
+    if isinstance(module, nn.Conv2d):
+        (M, N), _ = conv_layout_shape(module.out_channels, module.in_channels, module.kernel_size, bs)
+    else:
+        M, N = module.weight.shape
+    return (M // bs) * (N // bs)
+
+
+def _blocks_kept(module: nn.Module, bs: int, density: float) -> int:
+    return blocks_for_density(density, _blocks_total(module, bs))
 
 
 def _exclusion(exclude) -> Callable[[str, nn.Module], bool]:

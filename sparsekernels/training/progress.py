@@ -1,4 +1,5 @@
-"""A one-line carriage-return progress bar on stderr (no tqdm dependency)."""
+"""Progress on stderr (no tqdm dependency): a carriage-return bar on a terminal, a plain line
+every few seconds elsewhere (logs, CI, notebooks)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from typing import TextIO
 class ProgressBar:
     """``epoch 3/30 [#########.........] 120/390  2345 img/s  loss 1.234  acc 56.7%``.
 
-    Drawn only when ``stream`` is a terminal (logs redirected to a file get the per-epoch
-    summary lines instead of thousands of carriage returns). Redraws at most every
-    ``interval`` seconds, so the caller decides how often to pay for reading device values:
-    :meth:`due` says whether the next :meth:`update` would draw.
+    On a terminal the bar is redrawn in place at most every ``interval`` seconds. When
+    ``stream`` is not a terminal (a log file, CI, a notebook) a plain line is written instead,
+    at most every ``line_interval`` seconds (first one ``line_interval`` after the start; the
+    caller's per-epoch summary closes the epoch), so long epochs are never silent and logs
+    get no carriage returns. ``enabled=True`` forces the bar, ``False`` silences both.
+    :meth:`due` says whether the next :meth:`update` would write, so the caller decides how
+    often to pay for reading device values.
     """
 
     def __init__(
@@ -24,28 +28,40 @@ class ProgressBar:
         interval: float = 0.5,
         width: int = 24,
         enabled: bool | None = None,
+        line_interval: float = 5.0,
     ) -> None:
         self.total = max(1, int(total))
         self.prefix = prefix
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.width = width
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._last = 0.0
+        tty = self.stream.isatty()
+        self.enabled = tty if enabled is None else enabled
+        # Plain lines: only in automatic mode on a non-terminal.
+        self.lines = enabled is None and not tty
+        self.line_interval = line_interval
+        self._last = time.perf_counter() if self.lines else 0.0
         self._drawn = False
 
     def due(self, step: int) -> bool:
-        """Whether :meth:`update` at ``step`` would draw (time passed, or the last step)."""
-        return self.enabled and (step >= self.total or time.perf_counter() - self._last >= self.interval)
+        """Whether :meth:`update` at ``step`` would write (time passed, or the bar's last step)."""
+        now = time.perf_counter()
+        if self.lines:
+            return step < self.total and now - self._last >= self.line_interval
+        return self.enabled and (step >= self.total or now - self._last >= self.interval)
 
     def update(self, step: int, **stats: float | str) -> None:
-        """Draw progress ``step/total`` with ``stats`` (floats printed with 4 significant digits)."""
+        """Show progress ``step/total`` with ``stats`` (floats printed with 4 significant digits)."""
         if not self.due(step):
             return
         self._last = time.perf_counter()
+        fields = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        if self.lines:
+            self.stream.write(f"{self.prefix} {step}/{self.total}  {fields}\n")
+            self.stream.flush()
+            return
         filled = int(self.width * min(step, self.total) / self.total)
         bar = "#" * filled + "." * (self.width - filled)
-        fields = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
         self.stream.write(f"\r{self.prefix} [{bar}] {step}/{self.total}  {fields}\x1b[K")
         self.stream.flush()
         self._drawn = True
