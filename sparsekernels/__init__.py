@@ -1,7 +1,7 @@
 """sparsekernels: block-sparse GPU kernels for dynamic sparse training."""
 
 from sparsekernels import dst
-from sparsekernels._checks import set_debug_checks
+from sparsekernels._checks import debug_checks, set_debug_checks
 from sparsekernels.layout import BlockLayout
 from sparsekernels.nn import SparseConv2d, SparseLinear, sparsify
 from sparsekernels.ops.backends import native_available
@@ -14,6 +14,7 @@ __all__ = [
     "sparsify",
     "dst",
     "set_debug_checks",
+    "debug_checks",
     "native_available",
     "__version__",
 ]

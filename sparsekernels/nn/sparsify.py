@@ -23,6 +23,7 @@ from torch import nn
 from sparsekernels.layout import normalize_block_size
 from sparsekernels.nn.conv import SparseConv2d
 from sparsekernels.nn.linear import SparseLinear
+from sparsekernels.ops.backends import check_backend
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
@@ -143,6 +144,7 @@ def sparsify(
         raise ValueError(f"block_size must be square for sparsify; got {block_size}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}; got {distribution!r}")
+    check_backend(backend)
     excluded = _exclusion(exclude)
 
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]

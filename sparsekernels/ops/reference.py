@@ -6,10 +6,16 @@ floating dtype (float64 included), accepts non-contiguous dense operands, and is
 differentiable by autograd. They never build the dense ``S``: each active block is
 multiplied on its own (gather, batched matmul, scatter-add), which is also the fast way
 to run them on a CPU at low density.
+
+float16 and bfloat16 operands are multiplied and summed in float32 and the result rounded
+once to their dtype, as the kernels do (fp32 accumulation): the oracle must not be less
+accurate than what it checks. Zero-size operands (any dimension 0, ``nnz = 0``) give the
+exact empty or all-zero result.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +34,13 @@ from sparsekernels.ops.checks import (
 
 __all__ = ["sdd", "dsd", "dds", "conv2d"]
 
+# Dtypes computed in float32 and rounded back (fp32 accumulation, like the kernels).
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _UPCAST else dtype
+
 
 def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """Sampled dense-dense product: the blocks of ``a @ b`` at the layout's active blocks.
@@ -35,10 +48,13 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     a: ``[M, K]``, b: ``[K, N]`` (same float dtype) -> values ``[nnz, bm, bn]``.
     """
     check_sdd(a, b, layout)
+    dtype, acc = a.dtype, _compute_dtype(a.dtype)
+    a, b = a.to(acc), b.to(acc)
     (bm, bn), (R, C) = layout.block_size, layout.grid
-    a_rows = a.reshape(R, bm, -1)[layout.row_indices.long()]  # [nnz, bm, K]
-    b_cols = b.reshape(-1, C, bn).transpose(0, 1)[layout.col_indices.long()]  # [nnz, K, bn]
-    return torch.bmm(a_rows, b_cols)
+    K = a.shape[1]  # explicit sizes: a reshape with -1 is ambiguous when M or N is 0
+    a_rows = a.reshape(R, bm, K)[layout.row_indices.long()]  # [nnz, bm, K]
+    b_cols = b.reshape(K, C, bn).transpose(0, 1)[layout.col_indices.long()]  # [nnz, K, bn]
+    return torch.bmm(a_rows, b_cols).to(dtype)
 
 
 def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sparse: bool = False) -> torch.Tensor:
@@ -48,6 +64,8 @@ def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sp
     -> ``[..., M, P]`` (``[..., N, P]`` transposed).
     """
     check_dsd(values, layout, b, transpose_sparse)
+    dtype, acc = b.dtype, _compute_dtype(b.dtype)
+    values, b = values.to(acc), b.to(acc)
     (bm, bn), (R, C) = layout.block_size, layout.grid
     if transpose_sparse:
         values = values.transpose(-1, -2)
@@ -59,7 +77,7 @@ def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sp
     b_blocks = b.reshape(*lead, C, bn, P)[..., in_idx, :, :]  # [..., nnz, bn, P]
     partial = torch.matmul(values, b_blocks)  # [..., nnz, bm, P]
     out = partial.new_zeros(*lead, R, bm, P).index_add(-3, out_idx, partial)
-    return out.reshape(*lead, R * bm, P)
+    return out.reshape(*lead, R * bm, P).to(dtype)
 
 
 def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sparse: bool = False) -> torch.Tensor:
@@ -69,6 +87,8 @@ def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sp
     -> ``[..., P, N]`` (``[..., P, M]`` transposed).
     """
     check_dds(a, values, layout, transpose_sparse)
+    dtype, acc = a.dtype, _compute_dtype(a.dtype)
+    a, values = a.to(acc), values.to(acc)
     (bm, bn), (R, C) = layout.block_size, layout.grid
     if transpose_sparse:
         values = values.transpose(-1, -2)
@@ -80,7 +100,7 @@ def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sp
     a_blocks = a.reshape(*lead, P, R, bm)[..., in_idx, :].movedim(-2, -3)  # [..., nnz, P, bm]
     partial = torch.matmul(a_blocks, values)  # [..., nnz, P, bn]
     out = partial.new_zeros(*lead, C, P, bn).index_add(-3, out_idx, partial)
-    return out.movedim(-3, -2).reshape(*lead, P, C * bn)
+    return out.movedim(-3, -2).reshape(*lead, P, C * bn).to(dtype)
 
 
 def conv2d(
@@ -101,8 +121,10 @@ def conv2d(
     calls ``F.conv2d``: clarity over speed.
     """
     kernel_size, stride, padding, dilation = check_conv(x, values, layout, kernel_size, stride, padding, dilation)
-    weight = conv_matrix_to_weight(layout.values_to_dense(values), kernel_size)
-    return F.conv2d(x, weight, bias, stride, padding, dilation)
+    dtype, acc = x.dtype, _compute_dtype(x.dtype)
+    weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
+    bias = None if bias is None else bias.to(acc)
+    return F.conv2d(x.to(acc), weight, bias, stride, padding, dilation).to(dtype)
 
 
 # ---------------------------------------------------------------------- convolution pieces
@@ -123,9 +145,13 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     kernel_size, stride, padding, dilation = check_conv_grad_output(
         dy, layout, input_shape, kernel_size, stride, padding, dilation
     )
-    weight = conv_matrix_to_weight(layout.values_to_dense(values), kernel_size)
-    dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy, stride, padding, dilation)
-    return dx.contiguous(memory_format=torch.channels_last)
+    dtype, acc = dy.dtype, _compute_dtype(dy.dtype)
+    weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
+    if math.prod(input_shape) == 0 or dy.numel() == 0:  # torch's conv_transpose rejects empty batches
+        dx = dy.new_zeros(tuple(input_shape), dtype=acc)
+    else:
+        dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy.to(acc), stride, padding, dilation)
+    return dx.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
@@ -135,5 +161,9 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
     check_conv_grad_output(dy, layout, x.shape, kernel_size, stride, padding, dilation)
     R, S = kernel_size
     K = layout.shape[0] // (R * S)
-    dweight = torch.nn.grad.conv2d_weight(x, [K, x.shape[1], R, S], dy, stride, padding, dilation)
-    return layout.dense_to_values(conv_weight_to_matrix(dweight)).contiguous()
+    dtype, acc = x.dtype, _compute_dtype(x.dtype)
+    if x.numel() == 0 or dy.numel() == 0:
+        dweight = x.new_zeros((K, x.shape[1], R, S), dtype=acc)
+    else:
+        dweight = torch.nn.grad.conv2d_weight(x.to(acc), [K, x.shape[1], R, S], dy.to(acc), stride, padding, dilation)
+    return layout.dense_to_values(conv_weight_to_matrix(dweight)).to(dtype).contiguous()
