@@ -32,8 +32,8 @@ can rebuild layouts after each topology update without stalling the GPU; the blo
 then is trusted (``check=True`` or ``sparsekernels.set_debug_checks(True)`` verifies it,
 which synchronises); a wrong one still yields a valid layout, never out-of-range indices.
 Layouts made from index tensors (``from_fields``, ``load_state_dict``) are checked by
-:meth:`BlockLayout.validate` before any kernel reads them. Because the grid sizes of kernels depend only on ``nnz``, layouts
-of equal ``nnz`` never trigger recompilation.
+:meth:`BlockLayout.validate` before any kernel reads them. Because the grid sizes of kernels
+depend only on ``nnz``, layouts of equal ``nnz`` never trigger recompilation.
 """
 
 from __future__ import annotations
@@ -509,7 +509,7 @@ def _validate(layout: BlockLayout) -> None:
     def add(name: str, bad: torch.Tensor, values: torch.Tensor, rule: str) -> None:
         checks.append((name, bad, values, rule))
 
-    for name, off, total in (("row_offsets", ro, R), ("col_offsets", co, C)):
+    for name, off in (("row_offsets", ro), ("col_offsets", co)):
         bad = torch.cat([off[:1] != 0, off[1:] < off[:-1], off[-1:] != nnz])
         add(name, bad, off, f"must start at 0, be non-decreasing and end at nnz = {nnz}")
     add("col_indices", (cols < 0) | (cols >= C), cols, f"must be in [0, {C})")

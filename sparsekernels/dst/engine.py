@@ -388,9 +388,7 @@ class DynamicSparsity:
         else:
             marked[order] = True
         per_layer = marked.split([st.nnz for st, _ in updating])
-        counts = [
-            part.sum().clamp(max=cap).to(st.born.device) for part, cap, (st, _) in zip(per_layer, caps, updating)
-        ]
+        counts = [part.sum().clamp(max=cap).to(st.born.device) for part, cap, (st, _) in zip(per_layer, caps, updating)]
         return caps, counts
 
     def _rewire(

@@ -155,7 +155,9 @@ class BlockSparseWeight(nn.Module):
     def to_block_mask(self) -> torch.Tensor:
         return self.layout.to_block_mask()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         """Validate the incoming layout before anything is copied: a tampered or corrupted
         ``layout_*`` buffer raises ``ValueError`` naming the key and the bad value, and the layer
         is left as it was (all-or-nothing for this layer)."""
