@@ -40,16 +40,16 @@ class History:
     def records(self) -> list[dict]:
         """One dict per update (converting pending ones: one host synchronisation)::
 
-        {"step": t, "update": u, "fraction": scheduled fraction,
-         "churn": blocks swapped / active blocks, over all sparse layers,
-         "layers": {name: {
-             "changed": blocks pruned (= grown) in this layer,
-             "fraction": changed / nnz,
-             "pruned_grown": pruned blocks that an earlier update had grown,
-             "reverted": pruned blocks grown at the previous update,
-             "grown_later_pruned": of all blocks grown so far, the share pruned again since,
-             "ever_active": share of the layer's grid cells active at some point so far
-                            (in-time over-parameterisation)}}}
+            {"step": t, "update": u, "fraction": scheduled fraction,
+             "churn": blocks swapped / active blocks, over all sparse layers,
+             "layers": {name: {
+                 "changed": blocks pruned (= grown) in this layer,
+                 "fraction": changed / nnz,
+                 "pruned_grown": pruned blocks that an earlier update had grown,
+                 "reverted": pruned blocks grown at the previous update,
+                 "grown_later_pruned": of all blocks grown so far, the share pruned again since,
+                 "ever_active": share of the layer's grid cells active at some point so far
+                                (in-time over-parameterisation)}}}
         """
         if self._pending:
             flat = torch.cat([p.stats.reshape(-1) for p in self._pending]).cpu().tolist()
