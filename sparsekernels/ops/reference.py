@@ -15,7 +15,6 @@ exact empty or all-zero result.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +29,9 @@ from sparsekernels.ops.checks import (
     check_dsd,
     check_operands,
     check_sdd,
+    zero_size_conv_forward,
+    zero_size_conv_input_grad,
+    zero_size_conv_weight_grad,
 )
 
 __all__ = ["sdd", "dsd", "dds", "conv2d"]
@@ -121,6 +123,9 @@ def conv2d(
     calls ``F.conv2d``: clarity over speed.
     """
     kernel_size, stride, padding, dilation = check_conv(x, values, layout, kernel_size, stride, padding, dilation)
+    empty = zero_size_conv_forward(x, layout, kernel_size, stride, padding, dilation)
+    if empty is not None:  # torch's convolutions reject zero output channels or batches
+        return empty if bias is None else empty + bias.view(1, -1, 1, 1)
     dtype, acc = x.dtype, _compute_dtype(x.dtype)
     weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
     bias = None if bias is None else bias.to(acc)
@@ -145,12 +150,12 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     kernel_size, stride, padding, dilation = check_conv_grad_output(
         dy, layout, input_shape, kernel_size, stride, padding, dilation
     )
+    empty = zero_size_conv_input_grad(dy, layout, tuple(int(s) for s in input_shape))
+    if empty is not None:
+        return empty
     dtype, acc = dy.dtype, _compute_dtype(dy.dtype)
     weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
-    if math.prod(input_shape) == 0 or dy.numel() == 0:  # torch's conv_transpose rejects empty batches
-        dx = dy.new_zeros(tuple(input_shape), dtype=acc)
-    else:
-        dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy.to(acc), stride, padding, dilation)
+    dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy.to(acc), stride, padding, dilation)
     return dx.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
@@ -161,9 +166,9 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
     check_conv_grad_output(dy, layout, x.shape, kernel_size, stride, padding, dilation)
     R, S = kernel_size
     K = layout.shape[0] // (R * S)
+    empty = zero_size_conv_weight_grad(x, dy, layout)
+    if empty is not None:
+        return empty
     dtype, acc = x.dtype, _compute_dtype(x.dtype)
-    if x.numel() == 0 or dy.numel() == 0:
-        dweight = x.new_zeros((K, x.shape[1], R, S), dtype=acc)
-    else:
-        dweight = torch.nn.grad.conv2d_weight(x.to(acc), [K, x.shape[1], R, S], dy.to(acc), stride, padding, dilation)
+    dweight = torch.nn.grad.conv2d_weight(x.to(acc), [K, x.shape[1], R, S], dy.to(acc), stride, padding, dilation)
     return layout.dense_to_values(conv_weight_to_matrix(dweight)).to(dtype).contiguous()
