@@ -660,7 +660,7 @@ class DynamicSparsity:
                 keys = sorted(slots) if isinstance(slots, dict) else type(slots).__name__
                 raise bad(f"{w}]['slots'", f"must hold the method's per-slot state {sorted(st.slots)}; got {keys}")
             new["slots"] = {
-                k: tensor(f"{w}]['slots'][{k!r}'", v, tuple(st.slots[k].shape), (st.slots[k].dtype,), dev)
+                k: tensor(f"{w}]['slots'][{k!r}", v, tuple(st.slots[k].shape), (st.slots[k].dtype,), dev)
                 for k, v in slots.items()
             }
             out["layers"][st.name] = new
