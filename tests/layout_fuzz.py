@@ -90,9 +90,9 @@ def agree(layout: BlockLayout) -> None:
             raise AssertionError(f"triton disagrees with the reference on a valid layout: rel. error {err}")
 
 
-def refused(thunk, what: str, field_named: bool = True) -> None:
+def refused(fn, args: tuple, what: str, field_named: bool = True, **kwargs) -> None:
     try:
-        thunk()
+        fn(*args, **kwargs)
     except ValueError as err:
         if field_named and "layout." not in str(err):
             raise AssertionError(f"{what}: ValueError without the field: {err}") from None
@@ -125,14 +125,14 @@ def main(cases: int, seed: int) -> None:
         for name, fn in modules:
             # The native backend checks operand shapes before its C++ side checks the layout.
             named = name == "triton"
-            refused(lambda: fn.dsd(v, bad, b), f"case {case} {name}.dsd", named)
-            refused(lambda: fn.dds(at, v, bad, True), f"case {case} {name}.dds", named)
-            refused(lambda: fn.sdd(bt, b.t(), bad), f"case {case} {name}.sdd", named)
+            refused(fn.dsd, (v, bad, b), f"case {case} {name}.dsd", named)
+            refused(fn.dds, (at, v, bad, True), f"case {case} {name}.dds", named)
+            refused(fn.sdd, (bt, b.t(), bad), f"case {case} {name}.sdd", named)
         # Trusted wrap (as a layer's in-place edited buffers would be): debug checks catch it.
         trusted = BlockLayout._wrap(layout.shape, layout.block_size, fields)
         with sparsekernels.debug_checks():
-            refused(lambda: ops.dsd(v, trusted, b, backend="triton"), f"case {case} debug ops.dsd")
-    for case in range(20):
+            refused(ops.dsd, (v, trusted, b), f"case {case} debug ops.dsd", backend="triton")
+    for _ in range(20):
         layout = random_layout(g)
         R, C = layout.grid
         nnz = int(torch.randint(0, R * C + 1, (), generator=g))
