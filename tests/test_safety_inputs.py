@@ -270,3 +270,80 @@ def test_engine_rejects_shared_weight_values_and_dead_stop_after():
     with pytest.raises(ValueError, match="before the first update step"):
         DynamicSparsity(model, opt, method="set", update_every=10, stop_after=9)
     DynamicSparsity(model, opt, method="set", update_every=10, stop_after=10)
+
+
+@pytest.mark.parametrize("geometry", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (2, 0), (2, 1))])
+def test_reference_structural_conv_path_matches_the_dense_one(geometry):
+    """The slow path the reference takes for non-finite inputs computes the same convolution."""
+    ks, st, pd, dl = geometry
+    mask = random_block_mask(ks[0] * ks[1] * 2, 2, 0.5)
+    layout = BlockLayout.from_block_mask(mask, 8)
+    x = torch.randn(2, 16, 7, 6, dtype=torch.float64)
+    v = torch.randn(layout.values_shape(), dtype=torch.float64)
+    dense = ref.conv2d_forward(x, v, layout, ks, st, pd, dl)
+    slow = ref._structural_conv_forward(x, v, layout, ks, st, pd, dl)
+    assert torch.allclose(slow, dense, rtol=1e-12, atol=1e-12)
+    dy = torch.randn(dense.shape, dtype=torch.float64)
+    dx = ref.conv2d_input_grad(dy, v, layout, x.shape, ks, st, pd, dl)
+    slow_dx = ref._structural_conv_input_grad(dy, v, layout, tuple(x.shape), ks, st, pd, dl)
+    assert torch.allclose(slow_dx, dx, rtol=1e-12, atol=1e-12)
+
+
+def test_nan_inputs_reach_the_same_outputs_on_every_backend():
+    """A NaN/Inf in a dense input reaches exactly the outputs its stored blocks touch, on every
+    backend (unstored blocks are structural zeros): matmul and convolution, forward and dx."""
+    torch.manual_seed(3)
+    mask = torch.zeros(9 * 2, 2, dtype=torch.bool)
+    mask[[0, 5, 9, 16], [0, 1, 0, 1]] = True  # taps 0, 2, 4, 8; both output and input blocks
+    layout = BlockLayout.from_block_mask(mask, 16)  # K = 32, C = 32, 3x3
+    v = torch.randn(layout.values_shape())
+    x = torch.randn(1, 32, 5, 5)
+    x[0, 3, 2, 2] = float("nan")  # input channel block 0
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    ys = {b: backends.module(b).conv2d_forward(x, v, layout, *geo) for b in BACKENDS}
+    dense = F.conv2d(x, conv_matrix_to_weight(layout.values_to_dense(v), (3, 3)), padding=1)
+    assert int((~torch.isfinite(dense)).sum()) > int((~torch.isfinite(ys["reference"])).sum()), "not structural"
+    dy = torch.randn(1, 32, 5, 5)
+    dy[0, 20, 0, 4] = float("inf")  # output channel block 1
+    dxs = {b: backends.module(b).conv2d_input_grad(dy, v, layout, (1, 32, 5, 5), *geo) for b in BACKENDS}
+    lin = BlockLayout.from_block_mask(torch.tensor([[True, False], [False, False], [True, True]]), 16)
+    lv = torch.randn(lin.values_shape())
+    a = torch.randn(3, 48)
+    a[1, 40] = float("nan")  # reaches the output columns of block-row 2's blocks only
+    outs = {b: backends.module(b).dds(a, lv, lin) for b in BACKENDS}
+    for results in (ys, dxs, outs):
+        want = ~torch.isfinite(results["reference"])
+        assert 0 < int(want.sum()) < want.numel()
+        for b, got in results.items():
+            assert torch.equal(~torch.isfinite(got), want), f"{b}: NaN/Inf pattern differs from the reference"
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native backend not built")
+def test_native_kernels_are_bitwise_identical_for_any_thread_count():
+    layout = BlockLayout.random((96, 64), 16, 0.5)
+    conv_layout = BlockLayout.random((9 * 32, 32), 16, 0.5)
+    nb = backends.module("native")
+    v, cv = torch.randn(layout.values_shape()), torch.randn(conv_layout.values_shape())
+    a, b, x = torch.randn(40, 96), torch.randn(64, 40), torch.randn(2, 32, 9, 9)
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    dy = torch.randn(2, 32, 9, 9)
+
+    def run():
+        return [
+            nb.dsd(v, layout, b),
+            nb.dds(a, v, layout),
+            nb.sdd(a.t().contiguous(), b.t().contiguous(), layout),
+            nb.conv2d_forward(x, cv, conv_layout, *geo),
+            nb.conv2d_input_grad(dy, cv, conv_layout, x.shape, *geo),
+            nb.conv2d_weight_grad(x, dy, conv_layout, *geo),
+        ]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(p, q) for p, q in zip(one, two))

@@ -627,6 +627,10 @@ class DynamicSparsity:
             raise ValueError(f"state_dict holds sparse layers {held}; the model has {sorted(names)}")
         out["layers"] = {}
         for st in self._states:
+            try:
+                st.layer.layout.validate()  # the topology lives in the model: check it was not tampered with
+            except ValueError as err:
+                raise ValueError(f"sparse layer {st.name!r} of the model holds an invalid layout: {err}") from None
             entry = saved[st.name]
             w = f"'layers'][{st.name!r}"
             if not isinstance(entry, dict) or any(k not in entry for k in _LAYER_KEYS):

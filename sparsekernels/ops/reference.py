@@ -120,13 +120,18 @@ def conv2d(
     x: ``[N, C, H, W]`` (any memory format); values ``[nnz, bk, bc]`` over a layout of shape
     ``[R*S*K, C]`` (tap-major stacking, see :mod:`sparsekernels.conv_layout`);
     bias: ``[K]`` or None -> ``[N, K, Ho, Wo]``. The reference rebuilds the dense weight and
-    calls ``F.conv2d``: clarity over speed.
+    calls ``F.conv2d``: clarity over speed. A NaN/Inf in ``x`` takes a slow path over the stored
+    blocks instead, so that unstored blocks stay structural zeros as in the kernels.
     """
     kernel_size, stride, padding, dilation = check_conv(x, values, layout, kernel_size, stride, padding, dilation)
     empty = zero_size_conv_forward(x, layout, kernel_size, stride, padding, dilation)
     if empty is not None:  # torch's convolutions reject zero output channels or batches
         return empty if bias is None else empty + bias.view(1, -1, 1, 1)
     dtype, acc = x.dtype, _compute_dtype(x.dtype)
+    if not bool(torch.isfinite(x).all()):
+        # The dense weight's zeros would turn a NaN/Inf input into NaN through unstored blocks.
+        y = _structural_conv_forward(x.to(acc), values.to(acc), layout, kernel_size, stride, padding, dilation)
+        return (y if bias is None else y + bias.to(acc).view(1, -1, 1, 1)).to(dtype)
     weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
     bias = None if bias is None else bias.to(acc)
     return F.conv2d(x.to(acc), weight, bias, stride, padding, dilation).to(dtype)
@@ -154,6 +159,11 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     if empty is not None:
         return empty
     dtype, acc = dy.dtype, _compute_dtype(dy.dtype)
+    if not bool(torch.isfinite(dy).all()):
+        dx = _structural_conv_input_grad(
+            dy.to(acc), values.to(acc), layout, input_shape, kernel_size, stride, padding, dilation
+        )
+        return dx.to(dtype).contiguous(memory_format=torch.channels_last)
     weight = conv_matrix_to_weight(layout.values_to_dense(values.to(acc)), kernel_size)
     dx = torch.nn.grad.conv2d_input(list(input_shape), weight, dy.to(acc), stride, padding, dilation)
     return dx.to(dtype).contiguous(memory_format=torch.channels_last)
@@ -172,3 +182,48 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation):
     dtype, acc = x.dtype, _compute_dtype(x.dtype)
     dweight = torch.nn.grad.conv2d_weight(x.to(acc), [K, x.shape[1], R, S], dy.to(acc), stride, padding, dilation)
     return layout.dense_to_values(conv_weight_to_matrix(dweight)).to(dtype).contiguous()
+
+
+def _tap_slices(kernel_size, stride, dilation, out_hw):
+    """Per tap ``(t, rows, cols)``: the strided windows of the padded input that tap ``t`` reads."""
+    (R, S), (sh, sw), (dh, dw), (Ho, Wo) = kernel_size, stride, dilation, out_hw
+    for t in range(R * S):
+        i, j = divmod(t, S)
+        yield t, slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw)
+
+
+def _structural_conv_forward(x, values, layout, kernel_size, stride, padding, dilation):
+    """Forward over the stored blocks only (one einsum per block): unstored blocks are structural
+    zeros, so a NaN/Inf input reaches only the outputs its stored blocks touch, as in the
+    kernels; zero padding is real zeros (``0 * NaN = NaN`` for a non-finite stored weight)."""
+    N, _, H, W = x.shape
+    (bk, bc), T = layout.block_size, kernel_size[0] * kernel_size[1]
+    Kb = layout.grid[0] // T
+    Ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    x_pad = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    y = x.new_zeros(N, Kb * bk, Ho, Wo)
+    windows = {t: (r, c) for t, r, c in _tap_slices(kernel_size, stride, dilation, (Ho, Wo))}
+    for s, (row, cb) in enumerate(zip(layout.row_indices.tolist(), layout.col_indices.tolist())):
+        t, kb = divmod(row, Kb)
+        r, c = windows[t]
+        patch = x_pad[:, cb * bc : (cb + 1) * bc, r, c]  # [N, bc, Ho, Wo]
+        y[:, kb * bk : (kb + 1) * bk] += torch.einsum("kc,nchw->nkhw", values[s], patch)
+    return y
+
+
+def _structural_conv_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation):
+    """Input gradient over the stored blocks only (the transpose of the forward above)."""
+    N, C, H, W = input_shape
+    (bk, bc), T = layout.block_size, kernel_size[0] * kernel_size[1]
+    Kb = layout.grid[0] // T
+    Ho, Wo = dy.shape[2:]
+    dx_pad = dy.new_zeros(N, C, H + 2 * padding[0], W + 2 * padding[1])
+    windows = {t: (r, c) for t, r, c in _tap_slices(kernel_size, stride, dilation, (Ho, Wo))}
+    for s, (row, cb) in enumerate(zip(layout.row_indices.tolist(), layout.col_indices.tolist())):
+        t, kb = divmod(row, Kb)
+        r, c = windows[t]
+        dx_pad[:, cb * bc : (cb + 1) * bc, r, c] += torch.einsum(
+            "kc,nkhw->nchw", values[s], dy[:, kb * bk : (kb + 1) * bk]
+        )
+    return dx_pad[:, :, padding[0] : padding[0] + H, padding[1] : padding[1] + W]
