@@ -110,7 +110,9 @@ class DynamicSparsity:
 
     Args:
         model: a module containing ``SparseLinear``/``SparseConv2d`` layers (e.g. after
-            ``sparsify``), on its final device; a DDP wrapper is fine.
+            ``sparsify``), on its final device; a DDP wrapper is fine. A layer module reached
+            under several names is one layer; two layers sharing one ``weight_values``
+            parameter raise ``ValueError``.
         optimizer: the optimizer holding every sparse layer's ``weight_values``.
         method: a registered name (``"set"``, ``"rigl"``, ``"evolutionary"``,
             ``"evolutionary-gradient"``, or one added with ``register_method``) or a
@@ -119,7 +121,9 @@ class DynamicSparsity:
         fraction: share of each layer's active blocks swapped at step 0, in (0, 1).
         schedule: ``"constant"``, ``"cosine"`` or ``"linear"`` decay of the fraction.
         stop_after: step count after which the topology is frozen (float floored); required
-            by ``"cosine"``/``"linear"``, which reach zero there.
+            by ``"cosine"``/``"linear"``, which reach zero there. A value below
+            ``update_every`` (no update would ever run; e.g. a fraction of training such as
+            0.75 instead of a step count) raises ``ValueError``.
         global_redistribution: choose per-layer swap counts jointly (module docstring).
         adaptive: shrink the swap count from the revert rate (module docstring); None: the
             method's default (on for the evolutionary methods).
