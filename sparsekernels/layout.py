@@ -38,7 +38,6 @@ depend only on ``nnz``, layouts of equal ``nnz`` never trigger recompilation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,13 +78,6 @@ def check_kernel_block_size(block_size: tuple[int, int], name: str = "block_size
                 f"{name} must be one of {KERNEL_BLOCK_SIZES} for the kernels; got {block_size} "
                 "(the reference backend accepts any block size)"
             )
-
-
-def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
-    """``[n]`` counts -> int32 ``[n + 1]`` offsets starting at 0."""
-    offsets = torch.zeros(counts.numel() + 1, dtype=_INDEX_DTYPE, device=counts.device)
-    offsets[1:] = torch.cumsum(counts, 0).to(_INDEX_DTYPE)
-    return offsets
 
 
 def _first_active(flat: torch.Tensor, nnz: int) -> torch.Tensor:
@@ -311,17 +303,13 @@ class BlockLayout:
                 raise TypeError(f"layout.{name} must be a torch.Tensor; got {type(t).__name__}")
         layout = cls(_check_shape_meta(shape, "shape"), normalize_block_size(block_size), **fields)
         if check:
-            layout.validate()
-            return layout._as_valid()
+            layout.validate()  # also marks it valid
         return layout
 
     @classmethod
     def _wrap(cls, shape: Sequence[int], block_size: Sequence[int], fields: dict[str, torch.Tensor]) -> "BlockLayout":
         """Internal fast path: rewrap fields the library built or validated (no check, no sync)."""
         return cls((int(shape[0]), int(shape[1])), (int(block_size[0]), int(block_size[1])), **fields, _valid=True)
-
-    def _as_valid(self) -> "BlockLayout":
-        return self if self._valid else dataclasses.replace(self, _valid=True)
 
     def to(self, device) -> "BlockLayout":
         moved = {k: v.to(device) for k, v in self.fields().items()}
