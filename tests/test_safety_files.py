@@ -149,10 +149,13 @@ def test_crafted_checkpoint_does_not_run_even_with_a_valid_checksum(tmp_path):
     assert not effect.exists()
 
 
+GOOD_WEIGHTS = torch.randn(4096, generator=torch.Generator().manual_seed(5))
+
+
 @pytest.fixture
 def good_checkpoint(tmp_path):
     path = tmp_path / "good.pt"
-    save_checkpoint(path, {"config": {"lr": 0.1}, "weights": torch.randn(4096), "step": 3})
+    save_checkpoint(path, {"config": {"lr": 0.1}, "weights": GOOD_WEIGHTS, "step": 3})
     return path
 
 
@@ -191,7 +194,8 @@ def _torch_bytes(obj) -> bytes:
 
 
 def test_every_damaged_checkpoint_gives_one_clear_error(good_checkpoint, tmp_path):
-    assert torch.equal(load_checkpoint(good_checkpoint)["weights"], load_checkpoint(good_checkpoint)["weights"])
+    intact = load_checkpoint(good_checkpoint)
+    assert torch.equal(intact["weights"], GOOD_WEIGHTS) and intact["step"] == 3 and intact["config"] == {"lr": 0.1}
     for name, blob, message in corruptions(good_checkpoint):
         path = tmp_path / f"{name}.pt"
         path.write_bytes(blob)
