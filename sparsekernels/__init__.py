@@ -20,6 +20,7 @@ _LAZY = {
     "SparseConv2d": "sparsekernels.nn",
     "sparsify": "sparsekernels.nn",
     "set_debug_checks": "sparsekernels._checks",
+    "debug_checks": "sparsekernels._checks",
     "native_available": "sparsekernels.ops.backends",
     "native_info": "sparsekernels.ops.native_backend",
 }
@@ -32,6 +33,7 @@ __all__ = [
     "sparsify",
     "dst",
     "set_debug_checks",
+    "debug_checks",
     "native_available",
     "native_info",
     "__version__",
@@ -39,7 +41,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from sparsekernels import dst
-    from sparsekernels._checks import set_debug_checks
+    from sparsekernels._checks import debug_checks, set_debug_checks
     from sparsekernels.layout import BlockLayout
     from sparsekernels.nn import SparseConv2d, SparseLinear, sparsify
     from sparsekernels.ops.backends import native_available

@@ -30,15 +30,17 @@ Every field is built on the mask's device with tensor operations only. When ``nn
 passed as a Python int, building performs no host synchronisation, so a training loop
 can rebuild layouts after each topology update without stalling the GPU; the block count
 then is trusted (``check=True`` or ``sparsekernels.set_debug_checks(True)`` verifies it,
-which synchronises). Because the grid sizes of kernels depend only on ``nnz``, layouts
-of equal ``nnz`` never trigger recompilation.
+which synchronises); a wrong one still yields a valid layout, never out-of-range indices.
+Layouts made from index tensors (``from_fields``, ``load_state_dict``) are checked by
+:meth:`BlockLayout.validate` before any kernel reads them. Because the grid sizes of kernels
+depend only on ``nnz``, layouts of equal ``nnz`` never trigger recompilation.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -78,13 +80,6 @@ def check_kernel_block_size(block_size: tuple[int, int], name: str = "block_size
             )
 
 
-def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
-    """``[n]`` counts -> int32 ``[n + 1]`` offsets starting at 0."""
-    offsets = torch.zeros(counts.numel() + 1, dtype=_INDEX_DTYPE, device=counts.device)
-    offsets[1:] = torch.cumsum(counts, 0).to(_INDEX_DTYPE)
-    return offsets
-
-
 def _first_active(flat: torch.Tensor, nnz: int) -> torch.Tensor:
     """Linear indices (ascending, int64) of the first ``nnz`` True entries of a bool vector.
 
@@ -92,7 +87,9 @@ def _first_active(flat: torch.Tensor, nnz: int) -> torch.Tensor:
     order. Unlike ``nonzero()`` its output size is static, so nothing waits for the device.
     """
     order = torch.argsort((~flat).to(torch.uint8), stable=True)
-    return order[:nnz]
+    # Sorted again so that a wrong (unchecked) nnz, which mixes inactive entries in after the
+    # active ones, still gives ascending distinct indices; a no-op reorder for the right nnz.
+    return torch.sort(order[:nnz]).values
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +108,10 @@ class BlockLayout:
     col_offsets: torch.Tensor
     row_indices_t: torch.Tensor
     block_indices_t: torch.Tensor
+    # Whether the index tensors are known to be consistent: built by this module from a mask,
+    # or checked by validate(). Layouts that are not (the raw constructor, from_fields with
+    # check=False) are validated where they enter a layer or a backend.
+    _valid: bool = field(default=False, compare=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -127,8 +128,9 @@ class BlockLayout:
         ``nnz``: the number of active blocks, if known. Passing it avoids the one host
         synchronisation of the build (counting the mask); the count is then trusted unless
         ``check`` is True (or debug checks are on, see ``sparsekernels.set_debug_checks``),
-        in which case a mismatch raises ``ValueError``. An unchecked wrong ``nnz`` gives an
-        invalid layout.
+        in which case a mismatch raises ``ValueError``. An unchecked wrong ``nnz`` still gives a
+        valid layout (every index in range; no kernel reads out of bounds), but of other blocks:
+        the first ``nnz`` active ones, completed by inactive ones when there are too few.
         """
         if not isinstance(block_mask, torch.Tensor):
             raise TypeError(f"block_mask must be a torch.Tensor; got {type(block_mask).__name__}")
@@ -156,30 +158,36 @@ class BlockLayout:
                 if active != nnz:
                     raise ValueError(f"nnz={nnz} but block_mask has {active} active blocks")
         block_mask = block_mask.contiguous()
+        return cls._from_slots(_first_active(block_mask.reshape(-1), nnz), (R, C), (bm, bn))
 
-        slots = _first_active(block_mask.reshape(-1), nnz)
-        row_indices = (slots // C).to(_INDEX_DTYPE)
-        col_indices = (slots % C).to(_INDEX_DTYPE)
-        row_offsets = _exclusive_cumsum(block_mask.sum(1))
+    @classmethod
+    def _from_slots(cls, slots: torch.Tensor, grid: tuple[int, int], block_size: tuple[int, int]) -> "BlockLayout":
+        """The layout whose active blocks are the distinct cells ``slots`` (int64, row-major
+        linear indices of the ``[R, C]`` grid, ascending).
 
-        # Transposed traversal: walk the transposed mask row-major, then map each visited
-        # cell back to its row-major slot with a rank table (slot = active cells before it).
-        cells_t = _first_active(block_mask.t().reshape(-1), nnz)
-        cols_t = cells_t // R
-        rows_t = cells_t % R
-        rank = torch.cumsum(block_mask.reshape(-1).to(torch.int64), 0) - 1
-        block_indices_t = rank[rows_t * C + cols_t].to(_INDEX_DTYPE)
-        col_offsets = _exclusive_cumsum(block_mask.sum(0))
-
+        Every field is derived from ``slots`` alone, so the result is a valid layout even when
+        ``slots`` is not exactly the mask's active set (an unchecked wrong ``nnz`` then gives a
+        valid layout of other blocks, never out-of-range indices). Sync-free, O(nnz log nnz)."""
+        (R, C), (bm, bn) = grid, block_size
+        dev = slots.device
+        rows = slots // C
+        cols = slots % C
+        # Offsets by binary search over the sorted keys: static output sizes, no host sync.
+        row_offsets = torch.searchsorted(rows, torch.arange(R + 1, device=dev)).to(_INDEX_DTYPE)
+        # Transposed traversal: the same cells ordered column-major.
+        order_t = torch.argsort(cols * R + rows, stable=True)
+        cols_t = cols[order_t]
+        col_offsets = torch.searchsorted(cols_t, torch.arange(C + 1, device=dev)).to(_INDEX_DTYPE)
         return cls(
-            shape=(M, N),
+            shape=(R * bm, C * bn),
             block_size=(bm, bn),
             row_offsets=row_offsets,
-            col_indices=col_indices,
-            row_indices=row_indices,
+            col_indices=cols.to(_INDEX_DTYPE),
+            row_indices=rows.to(_INDEX_DTYPE),
             col_offsets=col_offsets,
-            row_indices_t=rows_t.to(_INDEX_DTYPE),
-            block_indices_t=block_indices_t,
+            row_indices_t=rows[order_t].to(_INDEX_DTYPE),
+            block_indices_t=order_t.to(_INDEX_DTYPE),
+            _valid=True,
         )
 
     @classmethod
@@ -273,17 +281,45 @@ class BlockLayout:
 
     @classmethod
     def from_fields(
-        cls, shape: Sequence[int], block_size: int | Sequence[int], fields: dict[str, torch.Tensor]
+        cls,
+        shape: Sequence[int],
+        block_size: int | Sequence[int],
+        fields: dict[str, torch.Tensor],
+        *,
+        check: bool = True,
     ) -> "BlockLayout":
-        """Rewrap index tensors built earlier (no copy, no check)."""
-        return cls(tuple(int(s) for s in shape), normalize_block_size(block_size), **fields)
+        """Rewrap index tensors (no copy): ``fields`` maps each name of :data:`INDEX_FIELDS`
+        to its int32 tensor, all on one device.
+
+        ``check`` (default True) runs :meth:`validate` (O(nnz) on the device, one host sync) and
+        raises ``ValueError`` naming the bad field; pass ``check=False`` only for tensors this
+        library built (the layout is then validated where it enters a layer or a backend)."""
+        if not isinstance(fields, dict):
+            raise TypeError(f"fields must be a dict of index tensors; got {type(fields).__name__}")
+        if sorted(fields) != sorted(INDEX_FIELDS):
+            raise ValueError(f"fields must have exactly the keys {list(INDEX_FIELDS)}; got {sorted(fields)}")
+        for name, t in fields.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"layout.{name} must be a torch.Tensor; got {type(t).__name__}")
+        layout = cls(_check_shape_meta(shape, "shape"), normalize_block_size(block_size), **fields)
+        if check:
+            layout.validate()  # also marks it valid
+        return layout
+
+    @classmethod
+    def _wrap(cls, shape: Sequence[int], block_size: Sequence[int], fields: dict[str, torch.Tensor]) -> "BlockLayout":
+        """Internal fast path: rewrap fields the library built or validated (no check, no sync)."""
+        return cls((int(shape[0]), int(shape[1])), (int(block_size[0]), int(block_size[1])), **fields, _valid=True)
 
     def to(self, device) -> "BlockLayout":
-        return BlockLayout.from_fields(self.shape, self.block_size, {k: v.to(device) for k, v in self.fields().items()})
+        moved = {k: v.to(device) for k, v in self.fields().items()}
+        return BlockLayout(self.shape, self.block_size, **moved, _valid=self._valid)
 
     # ------------------------------------------------------------------ conversions
     def to_block_mask(self) -> torch.Tensor:
         """bool ``[R, C]``."""
+        if not self._valid:
+            self.validate()  # an out-of-range index would otherwise raise a bare IndexError
         R, C = self.grid
         flat = torch.zeros(R * C, dtype=torch.bool, device=self.device)
         flat[self.row_indices.long() * C + self.col_indices.long()] = True
@@ -321,6 +357,8 @@ class BlockLayout:
         Its row-major slot ``j`` holds the block of slot ``block_indices_t[j]`` of this
         layout, so ``values_t = values[layout.block_indices_t].transpose(-1, -2)``.
         """
+        if not self._valid:
+            self.validate()
         inverse = torch.empty_like(self.block_indices_t)
         inverse[self.block_indices_t.long()] = torch.arange(self.nnz, dtype=_INDEX_DTYPE, device=self.device)
         return BlockLayout(
@@ -332,6 +370,7 @@ class BlockLayout:
             col_offsets=self.row_offsets,
             row_indices_t=self.col_indices,
             block_indices_t=inverse,
+            _valid=self._valid,
         )
 
     def remap(self, new_layout: "BlockLayout") -> torch.Tensor:
@@ -351,6 +390,9 @@ class BlockLayout:
                 f"new_layout must have shape {self.shape} and block_size {self.block_size}; "
                 f"got shape {new_layout.shape} and block_size {new_layout.block_size}"
             )
+        for layout in (self, new_layout):
+            if not layout._valid:
+                layout.validate()
         R, C = self.grid
         slot_of_cell = torch.full((R * C,), -1, dtype=torch.int64, device=self.device)
         slot_of_cell[self.row_indices.long() * C + self.col_indices.long()] = torch.arange(self.nnz, device=self.device)
@@ -382,28 +424,125 @@ class BlockLayout:
             raise ValueError(f"{name} is on {dense.device} but the layout is on {self.device}")
 
     def validate(self) -> None:
-        """Check every invariant of the index tensors (synchronises; for debugging and for
-        layouts built by hand from untrusted data)."""
-        R, C = self.grid
-        nnz = self.nnz
-        for name, t, n in [
-            ("row_offsets", self.row_offsets, R + 1),
-            ("col_offsets", self.col_offsets, C + 1),
-            ("col_indices", self.col_indices, nnz),
-            ("row_indices", self.row_indices, nnz),
-            ("row_indices_t", self.row_indices_t, nnz),
-            ("block_indices_t", self.block_indices_t, nnz),
-        ]:
-            if t.dtype != _INDEX_DTYPE or t.shape != (n,):
-                raise ValueError(f"{name} must be int32 [{n}]; got {t.dtype} {tuple(t.shape)}")
-            if t.device != self.device:
-                raise ValueError(f"{name} is on {t.device}; expected {self.device}")
-        rebuilt = BlockLayout.from_block_mask(self.to_block_mask(), self.block_size)
-        if rebuilt.nnz != nnz:
-            raise ValueError(f"layout has duplicate blocks: {nnz} slots but {rebuilt.nnz} distinct blocks")
-        for name in INDEX_FIELDS:
-            if not torch.equal(getattr(self, name), getattr(rebuilt, name)):
-                raise ValueError(f"{name} is inconsistent with the layout's blocks")
+        """Check every invariant of the layout; raise ``ValueError`` naming the first bad field
+        (``layout.<field>``) and the bad value.
+
+        O(nnz log nnz) tensor operations on the layout's device and one host synchronisation
+        (two when something is wrong, to fetch the bad value for the message). Run wherever a
+        layout comes from outside the library (``from_fields``, ``load_state_dict``, a user's
+        ``set_layout``) and before every kernel in debug-checks mode
+        (``sparsekernels.set_debug_checks(True)`` or ``SPARSEKERNELS_DEBUG_CHECKS=1``)."""
+        _validate(self)
+        object.__setattr__(self, "_valid", True)
+
+
+def _check_shape_meta(shape: Sequence[int], name: str) -> tuple[int, int]:
+    """``shape`` as a pair of non-negative ints (the layout's ``[M, N]``)."""
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+    ):
+        raise ValueError(f"layout.{name} must be a pair of non-negative ints (M, N); got {shape!r}")
+    return (int(shape[0]), int(shape[1]))
+
+
+def _validate(layout: BlockLayout) -> None:
+    shape = _check_shape_meta(layout.shape, "shape")
+    bm, bn = normalize_block_size(layout.block_size, "layout.block_size")
+    if shape[0] % bm or shape[1] % bn:
+        raise ValueError(f"layout.block_size {(bm, bn)} must divide layout.shape {shape}")
+    R, C = shape[0] // bm, shape[1] // bn
+    if R * C > _INT32_MAX or max(shape) > _INT32_MAX:
+        raise ValueError(f"layout.shape {shape} with block grid {(R, C)} overflows int32 indices")
+    tensors = {}
+    device = None
+    for name in INDEX_FIELDS:
+        t = getattr(layout, name)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"layout.{name} must be a torch.Tensor; got {type(t).__name__}")
+        if t.dtype != _INDEX_DTYPE or t.dim() != 1:
+            raise ValueError(f"layout.{name} must be a 1-D int32 tensor; got {t.dtype} of shape {tuple(t.shape)}")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"layout.{name} is on {t.device}; layout.row_offsets is on {device}")
+        tensors[name] = t.long()
+    nnz = layout.col_indices.shape[0]
+    for name, n in [
+        ("row_offsets", R + 1),
+        ("col_offsets", C + 1),
+        ("row_indices", nnz),
+        ("row_indices_t", nnz),
+        ("block_indices_t", nnz),
+    ]:
+        if tensors[name].shape[0] != n:
+            what = "R + 1" if name == "row_offsets" else "C + 1" if name == "col_offsets" else "nnz"
+            raise ValueError(
+                f"layout.{name} must have {what} = {n} entries (grid {(R, C)}, nnz {nnz}); got {tensors[name].shape[0]}"
+            )
+    if nnz > R * C:
+        raise ValueError(f"layout.col_indices has nnz = {nnz} entries, more than the grid's {R * C} blocks")
+
+    # Each check is a bool vector of violations; all of them are reduced on the device and
+    # read back once. Indices are clamped before any gather so nothing reads out of range.
+    dev = device
+    arange = torch.arange(nnz, device=dev)
+    ro, co = tensors["row_offsets"], tensors["col_offsets"]
+    rows, cols = tensors["row_indices"], tensors["col_indices"]
+    rows_t, slots_t = tensors["row_indices_t"], tensors["block_indices_t"]
+    zero = torch.zeros(1, dtype=torch.bool, device=dev)
+    checks: list[tuple[str, torch.Tensor, torch.Tensor, str]] = []
+
+    def add(name: str, bad: torch.Tensor, values: torch.Tensor, rule: str) -> None:
+        checks.append((name, bad, values, rule))
+
+    for name, off in (("row_offsets", ro), ("col_offsets", co)):
+        bad = torch.cat([off[:1] != 0, off[1:] < off[:-1], off[-1:] != nnz])
+        add(name, bad, off, f"must start at 0, be non-decreasing and end at nnz = {nnz}")
+    add("col_indices", (cols < 0) | (cols >= C), cols, f"must be in [0, {C})")
+    add("row_indices", (rows < 0) | (rows >= R), rows, f"must be in [0, {R})")
+    add("row_indices_t", (rows_t < 0) | (rows_t >= R), rows_t, f"must be in [0, {R})")
+    add("block_indices_t", (slots_t < 0) | (slots_t >= nnz), slots_t, f"must be in [0, {nnz})")
+    rows_c, cols_c = rows.clamp(0, max(R - 1, 0)), cols.clamp(0, max(C - 1, 0))
+    # The block-row of every slot, from the offsets (binary search): must equal row_indices.
+    ro_c = torch.cummax(ro.clamp(0, nnz), 0).values
+    expected_rows = torch.searchsorted(ro_c, arange, right=True) - 1
+    add("row_indices", rows != expected_rows, rows, "must agree with layout.row_offsets")
+    keys = rows_c * C + cols_c
+    add(
+        "col_indices",
+        torch.cat([zero, keys[1:] <= keys[:-1]]) if nnz else zero[:0],
+        cols,
+        "must be strictly ascending within each block-row (no duplicate blocks)",
+    )
+    co_c = torch.cummax(co.clamp(0, nnz), 0).values
+    cols_t = torch.searchsorted(co_c, arange, right=True) - 1
+    rows_t_c = rows_t.clamp(0, max(R - 1, 0))
+    keys_t = cols_t * R + rows_t_c
+    add(
+        "row_indices_t",
+        torch.cat([zero, keys_t[1:] <= keys_t[:-1]]) if nnz else zero[:0],
+        rows_t,
+        "must be strictly ascending within each block-column of layout.col_offsets",
+    )
+    # Each transposed entry must visit the slot holding its (row, column) block; with distinct
+    # strictly ordered keys on both sides this makes block_indices_t a permutation.
+    s_c = slots_t.clamp(0, max(nnz - 1, 0))
+    if nnz:
+        add(
+            "block_indices_t",
+            (rows_c[s_c] != rows_t_c) | (cols_c[s_c] != cols_t),
+            slots_t,
+            "must point each transposed entry at the slot of the same block",
+        )
+    flags = torch.stack([bad.any() if bad.numel() else bad.new_zeros(()) for _, bad, _, _ in checks])
+    failed = flags.tolist()  # the one host sync
+    for (name, bad, values, rule), is_bad in zip(checks, failed):
+        if is_bad:
+            i = int(bad.nonzero()[0, 0])
+            i_val = min(i, values.shape[0] - 1)
+            raise ValueError(f"layout.{name} {rule}; got layout.{name}[{i_val}] = {int(values[i_val])}")
 
 
 INDEX_FIELDS = (

@@ -48,6 +48,10 @@ RESUME_KEYS = (
     "update_schedule", "stop_after", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",
     "label_smoothing", "batch_size", "epochs", "max_steps", "seed", "synthetic", "synthetic_size",
 )  # fmt: skip
+# Options that change how the steps compute (precision, kernels, memory format, compilation):
+# a resumed run must use the same ones, or its record would describe a run that never happened.
+# Each resumed segment also records them with its device (record["segments"]).
+COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -127,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py (default: $SPARSEKERNELS_DATA)")
     g.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped data (smoke runs only!)")
     g.add_argument("--synthetic-size", type=int, default=2048, help="training images of --synthetic (test: 1/4)")
+    g.add_argument(
+        "--no-verify-md5",
+        action="store_true",
+        help="skip the official MD5 check of the CIFAR-10 files (for a trusted re-encoded copy; files are still "
+        "read with the restricted unpickler)",
+    )
     g.add_argument("--out", default=None, help="output folder (default: runs/<model>-<method>-<time>)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: none)")
     g.add_argument("--resume", default=None, help="checkpoint to continue from (default: none, a fresh run)")
@@ -189,7 +199,13 @@ from torch import nn  # noqa: E402
 
 from sparsekernels.data import CIFAR10, DeviceLoader, load_cifar10, synthetic_cifar10  # noqa: E402
 from sparsekernels.models import build_model  # noqa: E402
-from sparsekernels.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state  # noqa: E402
+from sparsekernels.training.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from sparsekernels.training.metrics import count_flops, count_parameters  # noqa: E402
 from sparsekernels.training.plotting import plot_accuracy, plot_churn  # noqa: E402
 from sparsekernels.training.progress import ProgressBar  # noqa: E402
@@ -222,9 +238,11 @@ def load_data(args: argparse.Namespace, device: torch.device) -> CIFAR10:
         n = args.synthetic_size
         return synthetic_cifar10(n, max(1, n // 4), seed=args.seed, device=device)
     try:
-        return load_cifar10(args.data_dir, device=device)
+        return load_cifar10(args.data_dir, device=device, verify_md5=not getattr(args, "no_verify_md5", False))
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}\n(for a smoke run without the dataset, add --synthetic)") from err
+    except ValueError as err:  # a file that is not an official CIFAR-10 file (MD5, structure, pickle)
+        raise SystemExit(f"error: {err}") from err
 
 
 # ----------------------------------------------------------------------------- sparsity integration
@@ -250,6 +268,15 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, args: argpa
     ``--stop-after`` is a fraction of the run; the engine takes a step count.
     """
     if args.method == "static" or args.density >= 1.0:
+        return None
+    stop = math.floor(args.stop_after * total_steps)
+    if stop < args.update_every:
+        # The engine refuses a configuration without a single update; the CLI says so and trains static.
+        warn(
+            f"--method {args.method} will never change the topology in this run: --stop-after {args.stop_after} "
+            f"of {total_steps} steps ends updates at step {stop}, before the first update step (--update-every "
+            f"{args.update_every}); the topology stays static"
+        )
         return None
     from sparsekernels.dst import DynamicSparsity
 
@@ -426,6 +453,13 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    for key in COMPUTE_KEYS:
+        if saved.get(key) != getattr(args, key):
+            flag = "--" + key.replace("_", "-")
+            raise SystemExit(
+                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run computed with {saved.get(key)!r}; "
+                f"resume with the same {flag} (it changes the numbers, and the record describes one run)"
+            )
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(args, key):
             flag = "--" + key.replace("_", "-")
@@ -461,7 +495,11 @@ def run(
         "sparsity": None,
         "epochs": [],
         "resumed_from": None,
+        # One entry per (resumed) segment of the run: where it started and how it computed.
+        "segments": [],
     }
+    segment = {key: getattr(args, key) for key in COMPUTE_KEYS}
+    segment["device"] = record["environment"].get("device_name")
     if trainer.sparsity is not None:
         record["sparsity"] = {
             "global_density": getattr(trainer.sparsity, "global_density", None),
@@ -481,14 +519,27 @@ def run(
 
     start_epoch = 0
     if args.resume is not None:
-        ckpt = load_checkpoint(args.resume, map_location=device)
+        try:
+            ckpt = load_checkpoint(args.resume, map_location=device)
+            missing = [k for k in ("config", "epoch", "epochs", "trainer") if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"checkpoint {args.resume}: not a training checkpoint (missing {missing})")
+        except CheckpointError as err:
+            raise SystemExit(f"error: --resume: {err}") from None
         _check_resume(args, ckpt["config"])
-        trainer.load_state_dict(ckpt["trainer"])
+        try:
+            trainer.load_state_dict(ckpt["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise SystemExit(
+                f"error: --resume: checkpoint {args.resume} does not fit this run's model/optimizer/engine: {err!r}"
+            ) from None
         start_epoch = int(ckpt["epoch"])
         record["epochs"] = ckpt["epochs"]
+        record["segments"] = list(ckpt.get("segments", []))
         record["resumed_from"] = str(args.resume)
         print(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.step}", flush=True)
 
+    record["segments"].append({"start_epoch": start_epoch, "start_step": trainer.step, **segment})
     budget = f"{trainer.num_epochs} epochs × {trainer.steps_per_epoch} steps"
     if trainer.total_steps < trainer.num_epochs * trainer.steps_per_epoch:
         budget += f" (capped at {trainer.total_steps} steps)"
@@ -506,6 +557,7 @@ def run(
                 "epoch": epoch,
                 "finished": finished,
                 "epochs": record["epochs"],
+                "segments": record["segments"],
                 "trainer": trainer.state_dict(),
             },
         )

@@ -7,11 +7,23 @@ The official release (``cifar-10-python.tar.gz``) unpacks to ``cifar-10-batches-
 of ints in ``[0, 10)``.
 
 Nothing here runs at import; the network is touched only by :func:`download_cifar10`.
+
+Hostile files: the batch files are read with a restricted unpickler that resolves only the
+four globals the official files reference (numpy's array reconstructor, ``ndarray`` and
+``dtype``): any other global, hence any code a crafted pickle would run, is refused with a
+``ValueError`` naming the file. The result must then be a dict with uint8 ``b"data"``
+``[n, 3072]`` and ``n`` labels in ``[0, 10)``. Files already on disk are also checked against
+the official per-file MD5s (:data:`FILE_MD5`) the first time they are read (a ``.md5-verified``
+stamp with each file's size and modification time remembers it); copies that are not the
+official bytes (re-encoded or regenerated sets) need ``verify_md5=False`` (CLI:
+``--no-verify-md5``), which keeps the restricted unpickler and the structure checks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import pickle
 import shutil
@@ -32,6 +44,24 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 ENV_VAR = "SPARSEKERNELS_DATA"
 DEFAULT_ROOT = Path("~/.cache/sparsekernels/data")
+# The published MD5 of every file of the official cifar-10-batches-py folder.
+FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+STAMP_FILE = ".md5-verified"
+# The only globals an official batch pickle references (numpy >= 2 writes numpy._core).
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -152,6 +182,7 @@ def download_cifar10(root: str | os.PathLike, url: str | None = None, md5: str |
     folder = find_cifar10(root)
     if folder is None:
         raise RuntimeError(f"{archive} unpacked, but {root / FOLDER} does not hold the expected batch files")
+    _mark_verified(folder)  # unpacked from an archive whose MD5 matched
     return folder
 
 
@@ -163,12 +194,88 @@ def _missing_message(root: Path, reason: str) -> str:
     )
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_ALLOWED_GLOBALS`; refuses every other global (no code can run)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not part of an official CIFAR-10 file")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: str | os.PathLike) -> object:
+    """Unpickle a CIFAR-10 file with the restricted unpickler; ``ValueError`` naming the file
+    for anything that is not a plain pickle of numpy arrays, bytes, strings, numbers, lists, dicts."""
+    data = Path(path).read_bytes()
+    try:
+        return _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ValueError(f"{path}: not an official CIFAR-10 batch file (refused to unpickle: {err})") from None
+
+
+def verify_files_md5(folder: str | os.PathLike, names: tuple[str, ...] | None = None) -> None:
+    """Check files of ``folder`` against the official :data:`FILE_MD5` (all present ones by
+    default), once: a passing check is recorded in ``folder/.md5-verified`` with each file's size
+    and modification time, and later calls skip files whose record still matches. Raises
+    ``ValueError`` naming the first mismatching file and how to opt out."""
+    folder = Path(folder)
+    names = tuple(n for n in (names or tuple(FILE_MD5)) if (folder / n).is_file())
+    stamp_path = folder / STAMP_FILE
+    try:
+        stamp = json.loads(stamp_path.read_text())
+        if not isinstance(stamp, dict):
+            stamp = {}
+    except (OSError, ValueError):
+        stamp = {}
+    changed = False
+    for name in names:
+        st = (folder / name).stat()
+        key = [st.st_size, st.st_mtime_ns]
+        if stamp.get(name) == key:
+            continue
+        actual = md5sum(folder / name)
+        if actual != FILE_MD5[name]:
+            raise ValueError(
+                f"{folder / name}: MD5 {actual} is not the official {FILE_MD5[name]}; the file is corrupted, "
+                "modified or from a re-encoded copy of CIFAR-10. If you trust this copy, load it with "
+                "verify_md5=False (python -m sparsekernels.train: --no-verify-md5)"
+            )
+        stamp[name] = key
+        changed = True
+    if changed:
+        try:
+            stamp_path.write_text(json.dumps(stamp))
+        except OSError:
+            pass  # a read-only data folder: verified again next time
+
+
+def _mark_verified(folder: Path) -> None:
+    """Record the files unpacked from an archive whose MD5 matched as verified."""
+    stamp = {}
+    for name in FILE_MD5:
+        if (folder / name).is_file():
+            st = (folder / name).stat()
+            stamp[name] = [st.st_size, st.st_mtime_ns]
+    try:
+        (folder / STAMP_FILE).write_text(json.dumps(stamp))
+    except OSError:
+        pass
+
+
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch -> (images uint8 ``[n, 3, 32, 32]``, labels int64 ``[n]``)."""
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    """One pickled batch -> (images uint8 ``[n, 3, 32, 32]``, labels int64 ``[n]``).
+
+    Restricted unpickling (see the module docstring); ``ValueError`` naming the file for
+    anything else than the official structure."""
+    batch = safe_unpickle(path)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path}: expected a dict with b'data' and b'labels'; got {type(batch).__name__}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise ValueError(f"{path}: b'data' must be a uint8 numpy array; got {getattr(data, 'dtype', type(data))}")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise ValueError(f"{path}: b'labels' must be a list of ints")
+    labels = np.asarray(labels, dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise ValueError(
             f"{path}: expected data [n, 3072] and n labels; got data {data.shape} and {labels.shape[0]} labels"
@@ -189,17 +296,26 @@ def _read_classes(folder: Path) -> tuple[str, ...]:
     meta = folder / META_FILE
     if not meta.is_file():
         return CLASSES
-    with open(meta, "rb") as f:
-        names = pickle.load(f, encoding="bytes").get(b"label_names")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names) if names else CLASSES
+    content = safe_unpickle(meta)
+    names = content.get(b"label_names") if isinstance(content, dict) else None
+    if names is not None and (
+        not isinstance(names, list) or len(names) != len(CLASSES) or not all(isinstance(n, bytes) for n in names)
+    ):
+        raise ValueError(f"{meta}: b'label_names' must be a list of {len(CLASSES)} byte strings")
+    return tuple(n.decode("utf-8", "replace") for n in names) if names else CLASSES
 
 
 def load_cifar10(
     data_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     download: bool = True,
+    verify_md5: bool = True,
 ) -> CIFAR10:
     """CIFAR-10 as uint8 tensors on ``device`` (the whole set is 180 MB: it fits any GPU).
+
+    ``verify_md5``: check files already on disk against the official MD5s the first time
+    they are read (:func:`verify_files_md5`); False for a trusted copy that is not byte-identical to
+    the official files. The restricted unpickler and structure checks run either way.
 
     ``data_dir`` may be the folder holding ``cifar-10-batches-py`` or that folder itself; it
     defaults to ``$SPARSEKERNELS_DATA``, then ``~/.cache/sparsekernels/data``. When the files
@@ -215,6 +331,8 @@ def load_cifar10(
             folder = download_cifar10(root)
         except (urllib.error.URLError, OSError) as err:
             raise FileNotFoundError(_missing_message(root, f"download failed: {err}")) from err
+    if verify_md5:
+        verify_files_md5(folder)
     data = CIFAR10(
         _read_split(folder, TRAIN_FILES), _read_split(folder, (TEST_FILE,)), _read_classes(folder), str(folder)
     )

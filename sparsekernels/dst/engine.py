@@ -110,7 +110,9 @@ class DynamicSparsity:
 
     Args:
         model: a module containing ``SparseLinear``/``SparseConv2d`` layers (e.g. after
-            ``sparsify``), on its final device; a DDP wrapper is fine.
+            ``sparsify``), on its final device; a DDP wrapper is fine. A layer module reached
+            under several names is one layer; two layers sharing one ``weight_values``
+            parameter raise ``ValueError``.
         optimizer: the optimizer holding every sparse layer's ``weight_values``.
         method: a registered name (``"set"``, ``"rigl"``, ``"evolutionary"``,
             ``"evolutionary-gradient"``, or one added with ``register_method``) or a
@@ -119,7 +121,9 @@ class DynamicSparsity:
         fraction: share of each layer's active blocks swapped at step 0, in (0, 1).
         schedule: ``"constant"``, ``"cosine"`` or ``"linear"`` decay of the fraction.
         stop_after: step count after which the topology is frozen (float floored); required
-            by ``"cosine"``/``"linear"``, which reach zero there.
+            by ``"cosine"``/``"linear"``, which reach zero there. A value below
+            ``update_every`` (no update would ever run; e.g. a fraction of training such as
+            0.75 instead of a step count) raises ``ValueError``.
         global_redistribution: choose per-layer swap counts jointly (module docstring).
         adaptive: shrink the swap count from the revert rate (module docstring); None: the
             method's default (on for the evolutionary methods).
@@ -155,12 +159,24 @@ class DynamicSparsity:
                 f"update_every must be an int >= 1 (optimizer steps between updates); got {update_every!r}"
             )
         self.schedule = FractionSchedule(schedule, fraction, stop_after)
+        _check_stop_after(self.schedule.stop_after, stop_after, update_every)
+        # named_modules lists a module reachable under two names once: it is one layer.
         layers = [(name, m) for name, m in model.named_modules() if isinstance(m, BlockSparseWeight)]
         if not layers:
             raise ValueError(
                 "model has no sparse layers (SparseLinear/SparseConv2d): sparsify it first, "
                 "e.g. sparsekernels.sparsify(model, density=0.1)"
             )
+        owner: dict[int, str] = {}
+        for name, layer in layers:
+            first = owner.setdefault(id(layer.weight_values), name)
+            if first != name:
+                # Two layouts over one parameter: the first update would rewire the values for
+                # one layout and silently scramble them for the other.
+                raise ValueError(
+                    f"sparse layers {first!r} and {name!r} share one weight_values parameter; DynamicSparsity "
+                    "needs one parameter per sparse layer (reuse the same layer module instead, which counts once)"
+                )
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for name, layer in layers:
             if id(layer.weight_values) not in held:
@@ -388,9 +404,7 @@ class DynamicSparsity:
         else:
             marked[order] = True
         per_layer = marked.split([st.nnz for st, _ in updating])
-        counts = [
-            part.sum().clamp(max=cap).to(st.born.device) for part, cap, (st, _) in zip(per_layer, caps, updating)
-        ]
+        counts = [part.sum().clamp(max=cap).to(st.born.device) for part, cap, (st, _) in zip(per_layer, caps, updating)]
         return caps, counts
 
     def _rewire(
@@ -519,52 +533,201 @@ class DynamicSparsity:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore :meth:`state_dict`'s output (load the model's state_dict too: the
-        layouts live there). The schedule and ``update_every`` are taken from the checkpoint."""
-        name = method_name(self.method)
-        if state_dict.get("method") != name:
-            raise ValueError(
-                f"state_dict was saved with method {state_dict.get('method')!r}; this engine uses {name!r}"
-            )
-        saved = state_dict["layers"]
-        names = [st.name for st in self._states]
-        if sorted(saved) != sorted(names):
-            raise ValueError(f"state_dict holds sparse layers {sorted(saved)}; the model has {sorted(names)}")
+        layouts live there). The schedule and ``update_every`` are taken from the checkpoint.
+
+        All or nothing: every entry is validated (types, shapes, ranges, the layers' names,
+        block counts and grids) before any is installed; a malformed or inconsistent state
+        raises ``ValueError`` naming the entry and leaves the engine as it was."""
+        new = self._parse_state(state_dict)
+        self.schedule = new["schedule"]
+        self.update_every = new["update_every"]
+        self.global_redistribution = new["global_redistribution"]
+        self.adaptive = new["adaptive"]
+        self.seed = new["seed"]
+        self._generator.set_state(new["generator"])
+        self._global_adapt = new["global_adapt"]
         for st in self._states:
-            entry = saved[st.name]
-            if entry["nnz"] != st.nnz or tuple(entry["grid"]) != st.grid:
-                raise ValueError(
-                    f"layer {st.name!r}: state_dict has nnz={entry['nnz']}, grid={tuple(entry['grid'])}; "
-                    f"the model has nnz={st.nnz}, grid={st.grid}"
-                )
-        sched = state_dict["schedule"]
-        self.schedule = FractionSchedule(sched["name"], sched["fraction"], sched["stop_after"])
-        self.update_every = int(state_dict["update_every"])
-        self.global_redistribution = bool(state_dict["global_redistribution"])
-        self.adaptive = bool(state_dict["adaptive"])
-        self.seed = int(state_dict["seed"])
-        self._generator.set_state(state_dict["generator"])
-        self._global_adapt = state_dict["global_adapt"].to(self._global_adapt.device).clone()
-        for st in self._states:
-            entry = saved[st.name]
-            dev = st.layer.weight_values.device
-            st.born = entry["born"].to(dev).clone()
-            st.ever_active = entry["ever_active"].to(dev).clone()
-            st.adapt = entry["adapt"].to(dev).clone()
-            st.grown_total = entry["grown_total"].to(dev).clone()
-            st.pruned_grown_total = entry["pruned_grown_total"].to(dev).clone()
-            st.slots = {k: v.to(dev).clone() for k, v in entry["slots"].items()}
-        self._step = int(state_dict["step"])
-        self._updates = int(state_dict["updates"])
-        self._history.load_state_dict(state_dict["history"])
+            for key, value in new["layers"][st.name].items():
+                setattr(st, key, value)
+        self._step = new["step"]
+        self._updates = new["updates"]
+        self._history = new["history"]
         self.method.configure(self)  # methods may derive settings from update_every
         self._armed = None  # force _arm to (re)set every layer's request
         self._arm(self._step + 1)
+
+    def _parse_state(self, sd: object) -> dict:
+        """Validated copies of everything :meth:`load_state_dict` installs (nothing is changed here)."""
+
+        def bad(where: str, what: str) -> ValueError:
+            return ValueError(f"DynamicSparsity state_dict[{where}] {what}")
+
+        def count(where: str, value: object, low: int) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad(where, f"must be an int >= {low}; got {value!r}")
+            return value
+
+        def flag(where: str, value: object) -> bool:
+            if not isinstance(value, bool):
+                raise bad(where, f"must be a bool; got {value!r}")
+            return value
+
+        def tensor(where: str, value: object, shape: tuple, dtypes: tuple, device) -> torch.Tensor:
+            if not isinstance(value, torch.Tensor):
+                raise bad(where, f"must be a tensor; got {type(value).__name__}")
+            if tuple(value.shape) != shape or value.dtype not in dtypes:
+                raise bad(
+                    where,
+                    f"must be {'/'.join(map(str, dtypes))} of shape {shape}; got {value.dtype} {tuple(value.shape)}",
+                )
+            return value.detach().to(device).clone()
+
+        if not isinstance(sd, dict):
+            raise TypeError(f"DynamicSparsity state_dict must be a dict; got {type(sd).__name__}")
+        missing = [k for k in _STATE_KEYS if k not in sd]
+        if missing:
+            raise ValueError(f"DynamicSparsity state_dict is missing {missing} (not a state_dict() of this engine?)")
+        name = method_name(self.method)
+        if sd["method"] != name:
+            raise ValueError(f"state_dict was saved with method {sd['method']!r}; this engine uses {name!r}")
+        out: dict = {}
+        out["step"] = count("'step'", sd["step"], 0)
+        out["updates"] = count("'updates'", sd["updates"], 0)
+        if out["updates"] > out["step"]:
+            raise bad("'updates'", f"({out['updates']}) cannot exceed 'step' ({out['step']})")
+        out["update_every"] = count("'update_every'", sd["update_every"], 1)
+        sched = sd["schedule"]
+        if not isinstance(sched, dict) or sorted(sched) != ["fraction", "name", "stop_after"]:
+            raise bad("'schedule'", f"must be a dict with keys name, fraction, stop_after; got {sched!r}")
+        try:
+            out["schedule"] = FractionSchedule(sched["name"], sched["fraction"], sched["stop_after"])
+            _check_stop_after(out["schedule"].stop_after, sched["stop_after"], out["update_every"])
+        except (TypeError, ValueError) as err:
+            raise bad("'schedule'", f"is invalid: {err}") from None
+        out["global_redistribution"] = flag("'global_redistribution'", sd["global_redistribution"])
+        out["adaptive"] = flag("'adaptive'", sd["adaptive"])
+        if isinstance(sd["seed"], bool) or not isinstance(sd["seed"], int):
+            raise bad("'seed'", f"must be an int; got {sd['seed']!r}")
+        out["seed"] = sd["seed"]
+        gen = sd["generator"]
+        probe = torch.Generator(device=self._generator.device)
+        try:
+            probe.set_state(gen)
+        except (TypeError, RuntimeError, ValueError) as err:
+            raise bad(
+                "'generator'", f"is not a generator state of a {self._generator.device} generator: {err}"
+            ) from None
+        out["generator"] = gen
+        out["global_adapt"] = _multiplier(
+            "'global_adapt'",
+            tensor("'global_adapt'", sd["global_adapt"], (), (torch.float32,), self._global_adapt.device),
+            bad,
+        )
+
+        saved = sd["layers"]
+        names = [st.name for st in self._states]
+        if not isinstance(saved, dict) or sorted(saved) != sorted(names):
+            held = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(f"state_dict holds sparse layers {held}; the model has {sorted(names)}")
+        out["layers"] = {}
+        for st in self._states:
+            try:
+                st.layer.layout.validate()  # the topology lives in the model: check it was not tampered with
+            except ValueError as err:
+                raise ValueError(f"sparse layer {st.name!r} of the model holds an invalid layout: {err}") from None
+            entry = saved[st.name]
+            w = f"'layers'][{st.name!r}"
+            if not isinstance(entry, dict) or any(k not in entry for k in _LAYER_KEYS):
+                raise bad(w, f"must be a dict with keys {list(_LAYER_KEYS)}; got {type(entry).__name__}")
+            grid = entry["grid"]
+            if entry["nnz"] != st.nnz or not isinstance(grid, (tuple, list)) or tuple(grid) != st.grid:
+                raise ValueError(
+                    f"layer {st.name!r}: state_dict has nnz={entry['nnz']}, grid={grid}; "
+                    f"the model has nnz={st.nnz}, grid={st.grid}"
+                )
+            dev = st.layer.weight_values.device
+            R, C = st.grid
+            new = {
+                "born": tensor(f"{w}]['born'", entry["born"], (st.nnz,), (torch.int64,), dev),
+                "ever_active": tensor(f"{w}]['ever_active'", entry["ever_active"], (R * C,), (torch.bool,), dev),
+                "adapt": tensor(f"{w}]['adapt'", entry["adapt"], (), (torch.float32,), dev),
+                "grown_total": tensor(f"{w}]['grown_total'", entry["grown_total"], (), (torch.int64,), dev),
+                "pruned_grown_total": tensor(
+                    f"{w}]['pruned_grown_total'", entry["pruned_grown_total"], (), (torch.int64,), dev
+                ),
+            }
+            born = new["born"]
+            if bool(((born < 0) | (born > out["updates"])).any()):
+                raise bad(f"{w}]['born'", f"must hold update numbers in [0, {out['updates']}]; got {born.tolist()}")
+            _multiplier(f"{w}]['adapt'", new["adapt"], bad)
+            grown, pruned_grown = int(new["grown_total"]), int(new["pruned_grown_total"])
+            if not 0 <= pruned_grown <= grown:
+                raise bad(f"{w}]['pruned_grown_total'", f"must be in [0, grown_total = {grown}]; got {pruned_grown}")
+            slots = entry["slots"]
+            if not isinstance(slots, dict) or sorted(slots) != sorted(st.slots):
+                keys = sorted(slots) if isinstance(slots, dict) else type(slots).__name__
+                raise bad(f"{w}]['slots'", f"must hold the method's per-slot state {sorted(st.slots)}; got {keys}")
+            new["slots"] = {
+                k: tensor(f"{w}]['slots'][{k!r}", v, tuple(st.slots[k].shape), (st.slots[k].dtype,), dev)
+                for k, v in slots.items()
+            }
+            out["layers"][st.name] = new
+        history = History()
+        try:
+            if not isinstance(sd["history"], list) or not all(isinstance(r, dict) for r in sd["history"]):
+                raise TypeError("a list of dicts is expected")
+            history.load_state_dict(sd["history"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise bad("'history'", f"is not a history of this engine: {err}") from None
+        out["history"] = history
+        return out
 
     def __repr__(self) -> str:
         return (
             f"DynamicSparsity(method={method_name(self.method)!r}, layers={len(self._states)}, "
             f"update_every={self.update_every}, schedule={self.schedule!r}, "
             f"global_redistribution={self.global_redistribution}, adaptive={self.adaptive}, step={self._step})"
+        )
+
+
+_STATE_KEYS = (
+    "method",
+    "step",
+    "updates",
+    "update_every",
+    "schedule",
+    "global_redistribution",
+    "adaptive",
+    "seed",
+    "generator",
+    "global_adapt",
+    "layers",
+    "history",
+)
+_LAYER_KEYS = ("nnz", "grid", "born", "ever_active", "adapt", "grown_total", "pruned_grown_total", "slots")
+
+
+def _multiplier(where: str, value: torch.Tensor, bad) -> torch.Tensor:
+    """An adaptive multiplier must lie in [ADAPT_FLOOR, 1] (it starts at 1 and only shrinks to the floor)."""
+    a = float(value)
+    if not ADAPT_FLOOR - 1e-6 <= a <= 1.0 + 1e-6:
+        raise bad(where, f"must be an adaptive multiplier in [{ADAPT_FLOOR}, 1]; got {a}")
+    return value
+
+
+def _check_stop_after(steps: int | None, given: object, update_every: int) -> None:
+    """Refuse a ``stop_after`` that leaves no update step: the first update is at step
+    ``update_every``, so ``stop_after < update_every`` would silently disable every update (a
+    fraction such as 0.75, which the CLI's --stop-after takes, is the usual cause)."""
+    if steps is not None and steps < update_every:
+        hint = (
+            " stop_after is a step count, not a fraction of training: multiply by the run's total steps"
+            if isinstance(given, float) and 0 < given < 1
+            else ""
+        )
+        raise ValueError(
+            f"stop_after={given!r} (step {steps}) is before the first update step (update_every={update_every}): "
+            f"no topology update would ever run.{hint} Pass stop_after=None to never stop"
         )
 
 

@@ -34,8 +34,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sparsekernels import _checks
 from sparsekernels.layout import INDEX_FIELDS, BlockLayout, blocks_for_density, normalize_block_size
 from sparsekernels.ops import backends
+from sparsekernels.ops.backends import check_backend
 
 
 def top_blocks_layout(dense: torch.Tensor, block_size: tuple[int, int], density: float) -> BlockLayout:
@@ -60,7 +62,6 @@ class BlockSparseWeight(nn.Module):
     """
 
     weight_values: nn.Parameter
-    backend: str
 
     def _init_weight(
         self,
@@ -80,6 +81,8 @@ class BlockSparseWeight(nn.Module):
                 raise ValueError(f"layout must have shape {(M, N)} for this layer; got {layout.shape}")
             if density is not None:
                 raise ValueError("pass either density or layout, not both")
+            if not layout._valid:
+                layout.validate()  # a layout from user tensors: ValueError naming the bad field
             if device is not None:
                 layout = layout.to(device)
         elif density is not None:
@@ -95,11 +98,22 @@ class BlockSparseWeight(nn.Module):
         self._dense_grad_requested = False
         self.dense_grad: torch.Tensor | None = None
 
+    @property
+    def backend(self) -> str:
+        """The ops backend of this layer: ``"auto"``, ``"reference"``, ``"triton"`` or ``"native"``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
+
     # --------------------------------------------------------------- topology
     @property
     def layout(self) -> BlockLayout:
-        """The current layout (a view of the ``layout_*`` buffers; no copy)."""
-        return BlockLayout.from_fields(
+        """The current layout (a view of the ``layout_*`` buffers; no copy). The buffers were
+        validated when they entered (construction, ``set_layout``, ``load_state_dict``); in-place
+        edits of them are caught in debug-checks mode only."""
+        return BlockLayout._wrap(
             self.matrix_shape, self.block_size, {f: getattr(self, f"layout_{f}") for f in INDEX_FIELDS}
         )
 
@@ -132,11 +146,16 @@ class BlockSparseWeight(nn.Module):
 
         Blocks active in both layouts keep their values, grown blocks start at zero. The
         new layout must have the same shape, block size and ``nnz`` (the parameter keeps its
-        shape). Only device-side copies: no host synchronisation.
+        shape). Only device-side copies: no host synchronisation for layouts the library built
+        (``BlockLayout.from_block_mask`` and friends); a layout made from raw index tensors
+        (``from_fields(check=False)``, the dataclass constructor) is validated first, as is every
+        layout in debug-checks mode.
         """
         old = self.layout
         if not isinstance(new_layout, BlockLayout):
             raise TypeError(f"new_layout must be a BlockLayout; got {type(new_layout).__name__}")
+        if not new_layout._valid or _checks.enabled():
+            new_layout.validate()
         if new_layout.nnz != old.nnz:
             raise ValueError(
                 f"new_layout must keep nnz = {old.nnz} (the parameter's shape); got nnz = {new_layout.nnz}"
@@ -229,6 +248,34 @@ class BlockSparseWeight(nn.Module):
         block_mask[rows * C + col] = True
         # torch keeps BSR columns sorted within a row, the layout's slot order: values map 1:1.
         return BlockLayout.from_block_mask(block_mask.reshape(R, C), (bm, bn), nnz)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        """Validate the incoming layout before anything is copied: a tampered or corrupted
+        ``layout_*`` buffer raises ``ValueError`` naming the key and the bad value, and the layer
+        is left as it was (all-or-nothing for this layer)."""
+        keys = {f: prefix + f"layout_{f}" for f in INDEX_FIELDS}
+        present = {f: state_dict[k] for f, k in keys.items() if k in state_dict}
+        if present:
+            fields = {f: present.get(f, getattr(self, f"layout_{f}")) for f in INDEX_FIELDS}
+            for f, t in fields.items():
+                if not isinstance(t, torch.Tensor):
+                    raise ValueError(f"state_dict[{keys[f]!r}] must be a tensor; got {type(t).__name__}")
+            try:
+                incoming = BlockLayout.from_fields(self.matrix_shape, self.block_size, fields, check=False)
+                incoming.validate()
+            except ValueError as err:
+                raise ValueError(f"state_dict for sparse layer {prefix.rstrip('.') or '<root>'!r}: {err}") from None
+            values = state_dict.get(prefix + "weight_values")
+            if isinstance(values, torch.Tensor) and tuple(values.shape) != incoming.values_shape():
+                raise ValueError(
+                    f"state_dict[{prefix + 'weight_values'!r}] has shape {tuple(values.shape)}; its layout "
+                    f"(nnz = {incoming.nnz}) needs {incoming.values_shape()}"
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # --------------------------------------------------------------- dense gradient (RigL)
     def request_dense_grad(self, enabled: bool = True) -> None:

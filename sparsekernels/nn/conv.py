@@ -82,6 +82,16 @@ class SparseConv2d(BlockSparseWeight):
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
         self.padding = _padding(padding, self.kernel_size, self.stride, self.dilation)
+        for name, value, low in (
+            ("kernel_size", self.kernel_size, 1),
+            ("stride", self.stride, 1),
+            ("dilation", self.dilation, 1),
+            ("padding", self.padding, 0),
+        ):
+            if min(value) < low:
+                raise ValueError(f"{name} must be >= {low} in both dimensions; got {value}")
+        if layout is not None and not isinstance(layout, BlockLayout):
+            raise TypeError(f"layout must be a BlockLayout or None; got {type(layout).__name__}")
         block = normalize_block_size(block_size) if layout is None else layout.block_size
         shape, block = conv_layout_shape(out_channels, in_channels, self.kernel_size, block)
         self._init_weight(shape, block, density, layout, device, dtype)

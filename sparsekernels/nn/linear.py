@@ -49,6 +49,8 @@ class SparseLinear(BlockSparseWeight):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if layout is not None and not isinstance(layout, BlockLayout):
+            raise TypeError(f"layout must be a BlockLayout or None; got {type(layout).__name__}")
         bm, bn = normalize_block_size(block_size) if layout is None else layout.block_size
         if out_features % bm:
             raise ValueError(f"block_size ({bm}) must divide out_features ({out_features})")

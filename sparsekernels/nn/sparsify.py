@@ -25,6 +25,7 @@ from sparsekernels.conv_layout import conv_layout_shape
 from sparsekernels.layout import blocks_for_density, normalize_block_size
 from sparsekernels.nn.conv import SparseConv2d
 from sparsekernels.nn.linear import SparseLinear
+from sparsekernels.ops.backends import check_backend
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 # Status of a layer chosen for sparsification whose density came out at 1: its ERK share was
@@ -154,6 +155,7 @@ def sparsify(
         raise ValueError(f"block_size must be square for sparsify; got {block_size}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}; got {distribution!r}")
+    check_backend(backend)
     excluded = _exclusion(exclude)
 
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]

@@ -9,9 +9,12 @@ Three backends implement the same functions with the signatures of
 * ``"native"`` — :mod:`sparsekernels.ops.native_backend` (the C++ extension of ``csrc/``,
   CPU tensors), present only when it was built.
 
-``"auto"`` picks Triton for CUDA tensors, the native backend for CPU tensors when it is
-available, else the reference. Backend modules are imported on first use, never at
-``import sparsekernels``.
+``"auto"`` is resolved on every call, from the operands' device, dtype and block size, to the
+fastest backend that supports them: Triton for CUDA tensors of float32/float16/bfloat16 with
+kernel block sizes (16, 32, 64, 128), the native backend for CPU tensors of those dtypes when
+it was built, else the reference (so float64, e.g. ``model.double()`` or gradcheck, works
+under ``"auto"`` everywhere). An explicit backend that cannot run the inputs raises a clear
+error. Backend modules are imported on first use, never at ``import sparsekernels``.
 """
 
 from __future__ import annotations
@@ -76,16 +79,37 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend name for ``backend`` (``"auto"`` or one of :data:`BACKENDS`)."""
+# Operand dtypes the Triton and native kernels run (native computes the half types in fp32).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def check_backend(backend: object, name: str = "backend") -> str:
+    """``backend`` if it is ``"auto"`` or one of :data:`BACKENDS`, else ``ValueError`` naming it."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
+        raise ValueError(f"{name} must be 'auto' or one of {BACKENDS}; got {backend!r}")
+    return backend
+
+
+def resolve(
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    block_size: tuple[int, int] | None = None,
+) -> str:
+    """The concrete backend name for ``backend`` (``"auto"`` or one of :data:`BACKENDS`).
+
+    ``"auto"`` uses ``dtype`` and ``block_size`` (when given) to skip backends that cannot
+    run the operands; an explicit name is returned as is after checking it can run here."""
+    check_backend(backend)
     if backend == "auto":
-        if device.type == "cuda" and triton_available():
-            return "triton"
-        if device.type == "cpu" and native_available():
+        kernel_dtype = dtype is None or dtype in KERNEL_DTYPES
+        if device.type == "cuda" and triton_available() and kernel_dtype:
+            if block_size is None or all(b in TRITON_BLOCK_SIZES for b in block_size):
+                return "triton"
+        if device.type == "cpu" and kernel_dtype and native_available():
             return "native"
         return "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}; got {backend!r}")
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package, which is not installed")

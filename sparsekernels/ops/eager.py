@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sparsekernels import _checks
 from sparsekernels.layout import INDEX_FIELDS, BlockLayout
 from sparsekernels.ops import backends
 from sparsekernels.ops import native_backend as nb
@@ -68,7 +69,7 @@ def use_eager(backend: str, *tensors: Tensor) -> bool:
             return False
     if _tracing():
         return False
-    return backends.resolve(backend, tensors[0].device) == "native"
+    return backends.resolve(backend, tensors[0].device, tensors[0].dtype) == "native"
 
 
 class _LayoutGuard:
@@ -88,6 +89,8 @@ class _LayoutGuard:
                 "the layout of a sparse op was modified in place between its forward and its backward "
                 "(set_layout before backward?): run backward first, then change the topology"
             )
+        if _checks.enabled():  # debug-checks mode: validate before every kernel, backward included
+            self.layout.validate()
         return self.layout
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sparsekernels import _checks
 from sparsekernels.layout import INDEX_FIELDS, BlockLayout
 from sparsekernels.ops import backends
 from sparsekernels.ops.checks import conv_output_size
@@ -37,11 +38,19 @@ def layout_args(layout: BlockLayout) -> tuple[list[Tensor], list[int]]:
 
 
 def _layout(tensors: Sequence[Tensor], meta: Sequence[int]) -> BlockLayout:
-    return BlockLayout.from_fields(meta[:2], meta[2:], dict(zip(INDEX_FIELDS, tensors)))
+    """The layout an op received. The public ops checked it on entry (``checks.check_layout``),
+    so it is rewrapped without a check; in debug-checks mode it is validated again before every
+    kernel, backward ones included (a layer's buffers may have been edited in place since)."""
+    layout = BlockLayout._wrap(meta[:2], meta[2:], dict(zip(INDEX_FIELDS, tensors)))
+    if _checks.enabled():
+        layout.validate()
+    return layout
 
 
-def _impl(op: str, backend: str, device: torch.device):
-    return getattr(backends.module(backends.resolve(backend, device)), op)
+def _impl(op: str, backend: str, operand: Tensor, layout: BlockLayout):
+    """The backend's function ``op``; ``"auto"`` is resolved for this call's device, dtype and block size."""
+    name = backends.resolve(backend, operand.device, operand.dtype, layout.block_size)
+    return getattr(backends.module(name), op)
 
 
 def _flatten_rows(t: Tensor) -> Tensor:
@@ -63,7 +72,7 @@ def _sum_to_shape(grad: Tensor, shape: torch.Size) -> Tensor:
 @torch.library.custom_op(f"{_LIB}::sdd", mutates_args=())
 def sdd_op(a: Tensor, b: Tensor, layout_tensors: list[Tensor], layout_meta: list[int], backend: str) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    return _impl("sdd", backend, a.device)(a, b, layout)
+    return _impl("sdd", backend, a, layout)(a, b, layout)
 
 
 @sdd_op.register_fake
@@ -145,7 +154,7 @@ def dsd_op(
     backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    return _impl("dsd", backend, b.device)(values, layout, b, transpose_sparse)
+    return _impl("dsd", backend, b, layout)(values, layout, b, transpose_sparse)
 
 
 @dsd_op.register_fake
@@ -182,7 +191,7 @@ def dds_op(
     backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    return _impl("dds", backend, a.device)(a, values, layout, transpose_sparse)
+    return _impl("dds", backend, a, layout)(a, values, layout, transpose_sparse)
 
 
 @dds_op.register_fake
@@ -221,7 +230,7 @@ def conv2d_op(
     backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    fn = _impl("conv2d_forward", backend, x.device)
+    fn = _impl("conv2d_forward", backend, x, layout)
     return fn(x, values, layout, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
 
 
@@ -247,7 +256,7 @@ def conv2d_input_grad_op(
     backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    fn = _impl("conv2d_input_grad", backend, dy.device)
+    fn = _impl("conv2d_input_grad", backend, dy, layout)
     return fn(
         dy, values, layout, tuple(input_shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
     )
@@ -271,7 +280,7 @@ def conv2d_weight_grad_op(
     backend: str,
 ) -> Tensor:
     layout = _layout(layout_tensors, layout_meta)
-    fn = _impl("conv2d_weight_grad", backend, x.device)
+    fn = _impl("conv2d_weight_grad", backend, x, layout)
     return fn(x, dy, layout, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
 
 

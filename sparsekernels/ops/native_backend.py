@@ -13,6 +13,12 @@ dtype). Dense operands may have any strides; outputs are fresh tensors from
 Any block size works; the kernels are tuned for 16, 32, 64 and 128. The C++ side checks
 every index of the layout before use and raises ``ValueError`` for a corrupted one.
 
+Zero-size operands (empty outputs, empty reductions, ``nnz = 0``) are answered here without
+calling the C++ side. NaN/Inf: the C++ convolution skips taps that only see zero padding, so
+a non-finite weight there (forward) or a non-finite output gradient there (weight gradient)
+would not reach the result as it does in ``F.conv2d``; such calls (detected by one finite
+check over the values or ``dy``, cheap next to the convolution) run the reference instead.
+
 Determinism: each output element is reduced by one thread in a fixed order, so results are
 bitwise identical for any ``torch.set_num_threads``.
 """
@@ -124,8 +130,11 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 
     a: ``[M, K]``, b: ``[K, N]`` float32, any strides -> values ``[nnz, bm, bn]`` float32.
     """
-    checks.check_sdd(a, b, layout)
+    checks.check_sdd(a, b, layout, validate_layout=False)
     dtype, (a, b) = _float32(a=a, b=b)
+    empty = checks.zero_size_sdd(a, b, layout)
+    if empty is not None:
+        return empty.to(dtype)
     out = new_output(layout.values_shape(), a.dtype, a.device)
     _ops().sdd(a, b, *_layout_args(layout), out)
     return out.to(dtype)
@@ -137,8 +146,11 @@ def dsd(values: torch.Tensor, layout: BlockLayout, b: torch.Tensor, transpose_sp
     values: ``[nnz, bm, bn]``; b: ``[..., N, P]`` (``[..., M, P]`` transposed) float32
     -> ``[..., M, P]`` (``[..., N, P]`` transposed), contiguous.
     """
-    checks.check_dsd(values, layout, b, transpose_sparse)
+    checks.check_dsd(values, layout, b, transpose_sparse, validate_layout=False)
     dtype, (values, b) = _float32(values=values, b=b)
+    empty = checks.zero_size_dsd(values, layout, b, transpose_sparse)
+    if empty is not None:
+        return empty.to(dtype)
     M, N = layout.shape
     rows = N if transpose_sparse else M
     lead, inner, P = b.shape[:-2], b.shape[-2], b.shape[-1]
@@ -154,8 +166,11 @@ def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sp
     a: ``[..., P, M]`` (``[..., P, N]`` transposed) float32; values: ``[nnz, bm, bn]``
     -> ``[..., P, N]`` (``[..., P, M]`` transposed), contiguous.
     """
-    checks.check_dds(a, values, layout, transpose_sparse)
+    checks.check_dds(a, values, layout, transpose_sparse, validate_layout=False)
     dtype, (a, values) = _float32(a=a, values=values)
+    empty = checks.zero_size_dds(a, values, layout, transpose_sparse)
+    if empty is not None:
+        return empty.to(dtype)
     M, N = layout.shape
     cols = M if transpose_sparse else N
     lead = a.shape[:-1]
@@ -168,6 +183,18 @@ def dds(a: torch.Tensor, values: torch.Tensor, layout: BlockLayout, transpose_sp
 # ---------------------------------------------------------------------------- convolution
 
 
+def _padding_meets_nonfinite(t: torch.Tensor, padding: Sequence[int]) -> bool:
+    """Whether zero padding exists and ``t`` holds a NaN/Inf that the C++ tap skipping would lose
+    (``0 * NaN`` is NaN in a dense convolution). A CPU read: no device to wait for."""
+    return any(p > 0 for p in padding) and not bool(torch.isfinite(t).all())
+
+
+def _reference():
+    from sparsekernels.ops import reference
+
+    return reference
+
+
 def _conv_out_hw(hw: Sequence[int], ks, st, pd, dl) -> tuple[int, int]:
     return tuple((hw[i] + 2 * pd[i] - dl[i] * (ks[i] - 1) - 1) // st[i] + 1 for i in range(2))
 
@@ -178,8 +205,13 @@ def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) ->
     x: ``[N, C, H, W]`` float32 (channels-last memory avoids a copy); values ``[nnz, bk, bc]``
     -> y ``[N, K, Ho, Wo]`` float32 in channels-last memory.
     """
-    ks, st, pd, dl = checks.check_conv(x, values, layout, kernel_size, stride, padding, dilation)
+    ks, st, pd, dl = checks.check_conv(x, values, layout, kernel_size, stride, padding, dilation, False)
     dtype, (x, values) = _float32(x=x, values=values)
+    empty = checks.zero_size_conv_forward(x, layout, ks, st, pd, dl)
+    if empty is not None:
+        return empty.to(dtype)
+    if _padding_meets_nonfinite(values, pd):
+        return _reference().conv2d_forward(x, values, layout, ks, st, pd, dl).to(dtype)
     K = layout.shape[0] // (ks[0] * ks[1])
     Ho, Wo = _conv_out_hw(x.shape[2:], ks, st, pd, dl)
     y = new_output((x.shape[0], K, Ho, Wo), x.dtype, x.device, memory_format=torch.channels_last)
@@ -189,7 +221,7 @@ def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) ->
 
 def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padding, dilation) -> torch.Tensor:
     """dy ``[N, K, Ho, Wo]`` float32 -> dx ``[N, C, H, W]`` (``input_shape``), channels-last memory."""
-    checks.check_operands(layout, values, dy=dy)
+    checks.check_operands(layout, values, validate_layout=False, dy=dy)
     dtype, (dy, values) = _float32(dy=dy, values=values)
     ks, st, pd, dl = (
         pair(v, n)
@@ -197,6 +229,9 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     )
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be [N, C, H, W]; got {tuple(input_shape)}")
+    empty = checks.zero_size_conv_input_grad(dy, layout, tuple(int(s) for s in input_shape))
+    if empty is not None:
+        return empty.to(dtype)
     dx = new_output(tuple(input_shape), dy.dtype, dy.device, memory_format=torch.channels_last)
     _ops().conv2d_input_grad(
         dy, values, *_layout_args(layout), [int(s) for s in input_shape], list(ks), list(st), list(pd), list(dl), dx
@@ -206,9 +241,14 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
 
 def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) -> torch.Tensor:
     """x ``[N, C, H, W]``, dy ``[N, K, Ho, Wo]`` float32 -> dvalues ``[nnz, bk, bc]`` (active blocks only)."""
-    ks, st, pd, dl = checks.check_conv(x, None, layout, kernel_size, stride, padding, dilation)
-    checks.check_operands(layout, None, x=x, dy=dy)
+    ks, st, pd, dl = checks.check_conv(x, None, layout, kernel_size, stride, padding, dilation, False)
+    checks.check_operands(layout, None, validate_layout=False, x=x, dy=dy)
     dtype, (x, dy) = _float32(x=x, dy=dy)
+    empty = checks.zero_size_conv_weight_grad(x, dy, layout)
+    if empty is not None:
+        return empty.to(dtype)
+    if _padding_meets_nonfinite(dy, pd):
+        return _reference().conv2d_weight_grad(x, dy, layout, ks, st, pd, dl).to(dtype)
     out = new_output(layout.values_shape(), x.dtype, x.device)
     _ops().conv2d_weight_grad(x, dy, *_layout_args(layout), list(ks), list(st), list(pd), list(dl), out)
     return out.to(dtype)

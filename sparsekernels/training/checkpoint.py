@@ -1,13 +1,37 @@
-"""Checkpoints that let a run continue exactly: weights, optimizer, schedule, engine, RNGs."""
+"""Checkpoints that let a run continue exactly: weights, optimizer, schedule, engine, RNGs.
+
+File format (version 1)::
+
+    SPARSEKERNELS-CHECKPOINT 1 sha256=<64 hex digits> bytes=<payload length>\\n
+    <payload: torch.save of the state dict>
+
+Loading reads the header, checks the payload's length and SHA-256, and only then
+deserialises it with ``torch.load(weights_only=True)``: tensors, numbers, strings and plain
+containers only, so a crafted file cannot run code, and a flipped, truncated or appended
+byte is detected before anything is used. Every failure raises :class:`CheckpointError`
+(a ``ValueError``) naming the file and what is wrong with it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+MAGIC = b"SPARSEKERNELS-CHECKPOINT"
+VERSION = 1
+_HEADER = re.compile(rb"SPARSEKERNELS-CHECKPOINT (\d+) sha256=([0-9a-f]{64}) bytes=(\d+)\n")
+_MAX_HEADER = 160
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, empty, truncated, corrupted or foreign."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -27,22 +51,63 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name, then rename: an interrupted save never replaces a
-    good checkpoint with a truncated one."""
+    """Write ``state`` (tensors and plain containers) with a header carrying the payload's
+    SHA-256; to a temporary name, then renamed, so an interrupted save never replaces a good
+    checkpoint with a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = b"%s %d sha256=%s bytes=%d\n" % (
+        MAGIC,
+        VERSION,
+        hashlib.sha256(payload).hexdigest().encode(),
+        len(payload),
+    )
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        f.write(header)
+        f.write(payload)
     tmp.replace(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load a checkpoint written by :func:`save_checkpoint`, verified (see the module docstring).
 
-    The file is unpickled in full (``weights_only=False``): it holds RNG states and the
-    sparsity engine's state, which are not plain tensors. Only load checkpoints you wrote.
-    """
+    Raises :class:`CheckpointError` naming ``path`` for a missing, empty, truncated,
+    corrupted, foreign or unsafe file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({err})") from None
+    if not data:
+        raise CheckpointError(f"checkpoint {path}: the file is empty")
+    if not data.startswith(MAGIC):
+        raise CheckpointError(
+            f"checkpoint {path}: not a sparsekernels checkpoint (no {MAGIC.decode()} header; another program's file, "
+            "or one written before checksummed checkpoints)"
+        )
+    end = data.find(b"\n", 0, _MAX_HEADER)
+    match = _HEADER.fullmatch(data[: end + 1]) if end >= 0 else None
+    if match is None:
+        raise CheckpointError(f"checkpoint {path}: the header is damaged")
+    version, digest, size = int(match[1]), match[2].decode(), int(match[3])
+    if version != VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version}; this sparsekernels reads {VERSION}")
+    payload = data[end + 1 :]
+    if len(payload) != size:
+        what = "truncated" if len(payload) < size else "longer than written"
+        raise CheckpointError(f"checkpoint {path}: {what} ({len(payload)} of {size} payload bytes)")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path}: corrupted (the payload's SHA-256 does not match its header)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(f"checkpoint {path}: the payload cannot be loaded safely ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(state).__name__}, not a state dict")
+    return state
