@@ -116,6 +116,7 @@ def run_rounds(cases: list[Case], rounds: int, steps: int, warmup: int, min_samp
                 t = min(t, time.perf_counter() - t0)
         if case.inner == 0:  # inference: repeat short calls so that one sample lasts min_sample_s
             case.inner = max(1, min(1000, math.ceil(min_sample_s / max(t, 1e-6))))
+    print(f"    warm-up done ({len(cases)} cases)", flush=True)
     loads = []
     for r in range(rounds):
         loads.append(load_average())
@@ -281,12 +282,18 @@ def rigl_torch_case(base: nn.Module, density: float, x, y, update_every: int) ->
     return Case("rigl-torch", "peer", instances, {"masks": "unstructured, random init", "memory": "nchw"})
 
 
-def sparseprop_case(base: nn.Module, density: float, x_nchw, y) -> Case:
+def sparseprop_case(base: nn.Module, density: float, x_nchw, y, convert: str = "auto") -> Case:
     """sparseprop: magnitude-prune every conv but the stem to ``density`` (per layer, unstructured),
-    then ``swap_modules_with_sparse`` (stem and classifier skipped, as our ``sparsify``); static mask."""
+    then convert (stem and classifier stay dense, as with our ``sparsify``); static mask.
+
+    ``convert="auto"``: the library's ``swap_modules_with_sparse``, which times dense and its two
+    sparse variants of each layer once and keeps the fastest (so some layers may stay dense);
+    ``"all"``: every pruned conv becomes a sparseprop ``SparseConv2d`` (``sparsify_conv2d_auto``
+    picks between its two sparse variants)."""
     from sparseprop.modules import SparseConv2d as SpConv
     from sparseprop.modules import SparseLinear as SpLinear
-    from sparseprop.utils import swap_modules_with_sparse
+    from sparseprop.modules import sparsify_conv2d_auto
+    from sparseprop.utils import generate_intermediate_shapes, swap_module, swap_modules_with_sparse
 
     model = copy.deepcopy(base)
     first, last = _first_conv_and_classifier(model)
@@ -298,11 +305,23 @@ def sparseprop_case(base: nn.Module, density: float, x_nchw, y) -> Case:
                 threshold = w.abs().flatten().kthvalue(w.numel() - keep + 1).values
                 w.mul_(w.abs() >= threshold)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints one line per layer
-        model = swap_modules_with_sparse(model, tuple(x_nchw.shape), inplace=True, skip_modules=f"{first},{last}")
+        if convert == "auto":
+            model = swap_modules_with_sparse(model, tuple(x_nchw.shape), inplace=True, skip_modules=f"{first},{last}")
+        else:
+            inshapes, _ = generate_intermediate_shapes(model, tuple(x_nchw.shape[1:]))
+            convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != first]
+            for name, conv in convs:
+                swap_module(model, name, sparsify_conv2d_auto(conv, (x_nchw.shape[0], *inshapes[name])))
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, SpConv))]
     converted = sum(isinstance(m, (SpConv, SpLinear)) for m in model.modules())
     opt = make_optimizer(model)
-    info = {"converted_layers": converted, "conv_layers": len(convs), "masks": "unstructured, static", "memory": "nchw"}
+    info = {
+        "converted_layers": converted,
+        "conv_layers": len(convs),
+        "convert": convert,
+        "masks": "unstructured, static",
+        "memory": "nchw",
+    }
     return Case("sparseprop", "peer", [Instance(train_step(model, opt, x_nchw, y))], info)
 
 
@@ -319,11 +338,18 @@ def build_train_cases(args, base: nn.Module, batch: int, peers: list[str]) -> li
         cases.append(Case(name, "dense", [Instance(train_step(model, make_optimizer(model), x, y))], memory))
     for distribution in args.distributions:
         for block in args.blocks:
+            t0 = time.perf_counter()
             cases.append(sparse_train_case(base, args.density, block, distribution, x_cl, y, args.update_every))
+            print(f"    {cases[-1].name} built in {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
     if "rigl-torch" in peers:
         cases.append(rigl_torch_case(base, args.density, x_nchw, y, args.update_every))
+        print(f"    rigl-torch built in {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
     if "sparseprop" in peers:
-        cases.append(sparseprop_case(base, args.density, x_nchw, y))
+        cases.append(sparseprop_case(base, args.density, x_nchw, y, args.sparseprop_convert))
+        # its conversion times dense and two sparse variants of every layer to pick the fastest
+        print(f"    sparseprop converted in {time.perf_counter() - t0:.1f} s", flush=True)
     return cases
 
 
@@ -471,6 +497,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-sample-s", type=float, default=0.2, help="inference: repeat calls to fill one sample")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS), help="peers to run if installed")
     p.add_argument("--no-peers", action="store_true", help="same as --peers with no names")
+    p.add_argument(
+        "--sparseprop-convert",
+        default="auto",
+        choices=("auto", "all"),
+        help="auto: sparseprop's swap_modules_with_sparse (keeps a layer dense where its timing finds dense "
+        "faster); all: every conv but the stem sparse",
+    )
     p.add_argument("--width", type=float, default=1.0, help="ResNet-18 channel multiplier (1: 64-512)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -585,6 +618,18 @@ def main(argv: list[str] | None = None) -> dict:
     md = header + "## Training (fwd + bwd + SGD; DST update amortised)\n\n" + table(train_rows, COLUMNS) + "\n"
     if infer_rows:
         md += "\n## Inference (eval, inference_mode)\n\n" + table(infer_rows, INFER_COLUMNS) + "\n"
+    md += (
+        "\nstep: median plain training step; update step: median step that rewires (dense-gradient "
+        "fwd/bwd + update); amortised: ((U-1) step + update) / U with U = "
+        f"{args.update_every}; ratios against dense-cl of the same batch and thread count, same run.\n"
+    )
+    for r in rows:
+        if r["case"] == "sparseprop":
+            md += (
+                f"\nsparseprop, batch {r['batch']}, {r['threads']} thread(s): {r['converted_layers']} of "
+                f"{r['conv_layers']} convs converted (--sparseprop-convert {r['convert']}; auto keeps a layer dense "
+                "where sparseprop's own timing finds dense faster)."
+            )
     (out / "train_step.md").write_text(md)
     plot(out / "train_step.png", rows, f"ResNet-18 step on {env['device']} (density {args.density})")
     print(f"\n{md}\nwrote {out}/train_step.{{json,md,png}} in {elapsed:.0f} s")
