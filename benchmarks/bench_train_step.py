@@ -511,7 +511,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>/)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.batch, args.threads, args.width, args.image_size = [4], [1], 0.5, 16
+        args.batch, args.threads, args.width, args.image_size = [2], [1], 0.5, 8
         args.rounds, args.steps, args.warmup, args.min_sample_s = 1, 1, 1, 0.0
         args.inference_batches = [1, 2]
     if args.no_peers:

@@ -43,7 +43,7 @@ def test_smoke_record_structure(smoke):
     for key in ("environment", "config", "native", "peers", "rows"):
         assert key in record
     assert record["environment"]["device"] and record["environment"]["torch"]
-    assert record["config"]["smoke"] is True and record["config"]["batch"] == [4]
+    assert record["config"]["smoke"] is True and record["config"]["batch"] == [2]
     assert (out / "train_step.md").stat().st_size > 0
     assert (out / "train_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
