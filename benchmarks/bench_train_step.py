@@ -16,7 +16,8 @@ every batch size and thread count:
   ``rigl-torch`` 0.5.2 (``RigLScheduler``: masked dense weights, random unstructured masks at
   ``1 - density`` sparsity, stem and linear dense, ``delta=--update-every``; its update steps timed
   on a second copy with ``delta=2``), NCHW (its update step fails on channels-last weights);
-  ``sparseprop`` 0.1.14 (its ``swap_modules_with_sparse`` on the ResNet-18 after magnitude pruning every conv but the stem to
+  ``sparseprop`` 0.1.14 (its ``swap_modules_with_sparse`` on the ResNet-18 after magnitude
+  pruning every conv but the stem to
   ``1 - density`` unstructured sparsity; static mask, NCHW as its kernels expect; the library keeps
   a layer dense when its own timing finds dense faster; ``--sparseprop-convert all`` makes every
   conv but the stem sparse).
@@ -29,7 +30,8 @@ rounds, in a rotating order, so that the ratios come from the same minutes; the 
 samples is reported. The 1-minute load average (``/proc/loadavg``) is read before every round and
 its maximum printed beside each figure: on a shared machine, figures taken at a load above the
 thread count are not meaningful. Besides the ratio to ``dense-cl``, each row has the ratio to the
-dense model of its own memory layout (the peers run NCHW). Results: ``benchmarks/results/<device>/train_step.{json,md,png}``.
+dense model of its own memory layout (the peers run NCHW).
+Results: ``benchmarks/results/<device>/train_step.{json,md,png}``.
 
     python benchmarks/bench_train_step.py                         # batch 64, 128; threads 1, 2
     python benchmarks/bench_train_step.py --batch 64 --threads 2 --rounds 3 --no-peers
