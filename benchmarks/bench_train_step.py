@@ -89,9 +89,14 @@ def load_average() -> float:
 
 @dataclass
 class Instance:
-    """One model + optimizer whose ``step()`` runs one step and says whether it was an update step."""
+    """One model + optimizer whose ``step()`` runs one step and says whether it was an update step.
+
+    ``next_is_update`` (instances that time update steps): whether the next ``step()`` updates;
+    such an instance gets ``--update-steps`` samples per round, each preceded by untimed steps
+    until the next one is an update step."""
 
     step: Callable[[], bool]
+    next_is_update: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -107,10 +112,12 @@ class Case:
     inner: int = 1  # calls per sample (inference at batch 1 is short)
 
 
-def run_rounds(cases: list[Case], rounds: int, steps: int, warmup: int, min_sample_s: float) -> list[float]:
-    """Warm every instance up, then time ``steps`` samples of each instance per round, the cases
-    in an order rotated by one each round. Returns the load averages read before each round and
-    after the last."""
+def run_rounds(
+    cases: list[Case], rounds: int, steps: int, warmup: int, min_sample_s: float, update_steps: int = 1
+) -> list[float]:
+    """Warm every instance up, then time ``steps`` samples of each instance per round
+    (``update_steps`` for the instances timing update steps), the cases in an order rotated by one
+    each round. Returns the load averages read before each round and after the last."""
     for case in cases:
         for inst in case.instances:
             t = math.inf
@@ -127,7 +134,9 @@ def run_rounds(cases: list[Case], rounds: int, steps: int, warmup: int, min_samp
         order = cases[r % len(cases) :] + cases[: r % len(cases)]
         for case in order:
             for inst in case.instances:
-                for _ in range(steps):
+                for _ in range(steps if inst.next_is_update is None else update_steps):
+                    while inst.next_is_update is not None and not inst.next_is_update():
+                        inst.step()  # untimed: bring the instance to its next update step
                     t0 = time.perf_counter()
                     was_update = False
                     for _ in range(case.inner):
@@ -205,7 +214,8 @@ def sparse_train_case(base, density, block, distribution, x, y, update_every: in
         engine = DynamicSparsity(
             model, opt, method="rigl", update_every=period, fraction=RIGL_FRACTION, schedule="constant", seed=0
         )
-        instances.append(Instance(train_step(model, opt, x, y, engine)))
+        upcoming = (lambda engine=engine: engine.is_update_step(engine.step_count + 1)) if period == 1 else None
+        instances.append(Instance(train_step(model, opt, x, y, engine), upcoming))
     return Case(f"sparse-{distribution}-b{block}", "sparse", instances, info)
 
 
@@ -273,8 +283,11 @@ def rigl_torch_case(base: nn.Module, density: float, x, y, update_every: int) ->
             model, opt, dense_allocation=density, T_end=10**9, delta=delta, alpha=RIGL_FRACTION, static_topo=False
         )
 
-        def step(model=model, opt=opt, sched=sched) -> bool:
-            updates = (sched.step + 1) % sched.delta_T == 0 and sched.step + 1 < sched.T_end
+        def upcoming(sched=sched) -> bool:
+            return (sched.step + 1) % sched.delta_T == 0 and sched.step + 1 < sched.T_end
+
+        def step(model=model, opt=opt, sched=sched, upcoming=upcoming) -> bool:
+            updates = upcoming()
             F.cross_entropy(model(x), y).backward()
             if sched():
                 opt.step()
@@ -282,7 +295,7 @@ def rigl_torch_case(base: nn.Module, density: float, x, y, update_every: int) ->
             return updates
 
         model.train()
-        instances.append(Instance(step))
+        instances.append(Instance(step, upcoming if delta == 2 else None))
     return Case("rigl-torch", "peer", instances, {"masks": "unstructured, random init", "memory": "nchw"})
 
 
@@ -495,8 +508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distributions", nargs="+", default=["uniform", "erk"], choices=("uniform", "er", "erk"))
     p.add_argument("--update-every", type=int, default=100, help="DST update period the update cost is amortised over")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds per configuration (cases interleaved)")
-    p.add_argument("--steps", type=int, default=3, help="timed samples per instance per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per instance before the rounds")
+    p.add_argument("--steps", type=int, default=2, help="timed samples of plain steps per instance per round")
+    p.add_argument("--update-steps", type=int, default=1, help="timed update steps per round (their cost is amortised)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per instance before the rounds")
     p.add_argument("--inference-batches", type=int, nargs="*", default=[1, 64], help="eval() batch sizes; none: off")
     p.add_argument("--min-sample-s", type=float, default=0.2, help="inference: repeat calls to fill one sample")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS), help="peers to run if installed")
@@ -516,7 +530,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.batch, args.threads, args.width, args.image_size = [2], [1], 0.5, 8
-        args.rounds, args.steps, args.warmup, args.min_sample_s = 1, 1, 1, 0.0
+        args.rounds, args.steps, args.update_steps, args.warmup, args.min_sample_s = 1, 1, 1, 1, 0.0
         args.inference_batches = [1, 2]
     if args.no_peers:
         args.peers = []
@@ -525,7 +539,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (args.update_every >= 2, f"--update-every must be >= 2; got {args.update_every}"),
         (min(args.threads) >= 1, f"--threads must be >= 1; got {args.threads}"),
         (min(args.batch) >= 1, f"--batch must be >= 1; got {args.batch}"),
-        (args.rounds >= 1 and args.steps >= 1, f"--rounds and --steps must be >= 1; got {args.rounds}, {args.steps}"),
+        (
+            min(args.rounds, args.steps, args.update_steps) >= 1,
+            f"--rounds, --steps, --update-steps must be >= 1; got {args.rounds}, {args.steps}, {args.update_steps}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -571,7 +588,7 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in args.batch:
                 print(f"train, batch {batch}, {threads} thread(s): building", flush=True)
                 cases = build_train_cases(args, base, batch, peers)
-                loads = run_rounds(cases, args.rounds, args.steps, args.warmup, 0.0)
+                loads = run_rounds(cases, args.rounds, args.steps, args.warmup, 0.0, args.update_steps)
                 part = summarise(cases, "train", batch, threads, loads, args.update_every)
                 print(table(part, COLUMNS), flush=True)
                 rows += part
@@ -614,7 +631,8 @@ def main(argv: list[str] | None = None) -> dict:
     header = (
         f"# Training step, CIFAR ResNet-18 (width {args.width}), {env['device']}\n\n"
         f"torch {env['torch']}, git {env['git_revision']}, {env['date']}; density {args.density}, RigL fraction "
-        f"{RIGL_FRACTION} every {args.update_every} steps; {args.rounds} rounds x {args.steps} samples, medians; "
+        f"{RIGL_FRACTION} every {args.update_every} steps; {args.rounds} rounds x {args.steps} samples "
+        f"({args.update_steps} of update steps), medians; "
         f"load = max 1-min load average during the case's rounds. Peers: "
         + ", ".join(f"{k} {v['version'] if v['ran'] else '(' + v['reason'] + ')'}" for k, v in peer_record.items())
         + "\n\n"
