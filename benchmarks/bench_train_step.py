@@ -47,6 +47,7 @@ import importlib.metadata
 import importlib.util
 import io
 import math
+import os
 import statistics
 import sys
 import time
@@ -66,6 +67,7 @@ from sparsekernels.dst import DynamicSparsity
 from sparsekernels.models import resnet18
 
 CPU = torch.device("cpu")
+CORES = os.cpu_count() or 1
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4  # the training CLI's SGD defaults
 RIGL_FRACTION = 0.3  # the CLI's --update-fraction (its cosine schedule starts there)
 BASELINE = "dense-cl"
@@ -82,8 +84,6 @@ def load_average() -> float:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        import os
-
         return os.getloadavg()[0]
 
 
@@ -389,6 +389,14 @@ def build_inference_cases(args, base: nn.Module, batch: int) -> list[Case]:
     return cases
 
 
+def warn_if_loaded(rows: list[dict]) -> None:
+    if rows and rows[0]["oversubscribed"]:
+        print(
+            f"WARNING: load average reached {rows[0]['load_1min_max']:.2f} on {CORES} cores: other processes "
+            "competed for the CPU, these figures are unreliable (OpenMP threads degrade badly when oversubscribed)"
+        )
+
+
 def _ms(seconds: list[float]) -> float | None:
     return statistics.median(seconds) * 1e3 if seconds else None
 
@@ -421,6 +429,7 @@ def summarise(
                 "calls_per_sample": case.inner,
                 "load_1min_max": max(loads),
                 "load_1min_median": statistics.median(loads),
+                "oversubscribed": max(loads) > CORES + 0.5,
                 **case.info,
             }
         )
@@ -591,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
                 loads = run_rounds(cases, args.rounds, args.steps, args.warmup, 0.0, args.update_steps)
                 part = summarise(cases, "train", batch, threads, loads, args.update_every)
                 print(table(part, COLUMNS), flush=True)
+                warn_if_loaded(part)
                 rows += part
                 del cases
             for batch in args.inference_batches:
@@ -599,6 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
                 loads = run_rounds(cases, args.rounds, args.steps, args.warmup, args.min_sample_s)
                 part = summarise(cases, "inference", batch, threads, loads, args.update_every)
                 print(table(part, INFER_COLUMNS), flush=True)
+                warn_if_loaded(part)
                 rows += part
                 del cases
     finally:
@@ -645,6 +656,13 @@ def main(argv: list[str] | None = None) -> dict:
         "fwd/bwd + update); amortised: ((U-1) step + update) / U with U = "
         f"{args.update_every}; ratios against dense-cl of the same batch and thread count, same run.\n"
     )
+    loaded = dict.fromkeys(
+        (r["mode"], r["batch"], r["threads"], r["load_1min_max"]) for r in rows if r["oversubscribed"]
+    )
+    for mode, batch, threads, load in loaded:
+        md += (
+            f"\n**{mode}, batch {batch}, {threads} thread(s): load {load:.2f} > {CORES} cores: figures unreliable.**\n"
+        )
     for r in rows:
         if r["case"] == "sparseprop":
             md += (

@@ -62,6 +62,7 @@ def test_smoke_every_case_ran(smoke):
         for key in ("step_ms", "amortized_ms", "speedup", "speedup_step", "load_1min_max"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, (key, r)
         assert _finite_positive(r["amortized_ms"]), r
+        assert r["oversubscribed"] == (r["load_1min_max"] > bts.CORES + 0.5), r
         assert r["case"] in md
     assert train["dense-cl"]["speedup"] == 1.0
     # Every DST case timed its update step and amortised it over the period.
