@@ -5,8 +5,8 @@ Targets (fp32, block 32, all threads torch uses):
 * ``matmul``: sparse weight ``[2048, 2048]`` times dense ``[2048, 256]`` (``dsd``): at density
   0.1 at least 5x faster than dense ``torch.matmul`` (ideal 10x), faster than dense at 0.3.
   Second baseline: torch's BSR tensor (``W.to_sparse_bsr(32) @ b``).
-* ``conv``: the 3x3 convolution of CIFAR ResNet-18 stages (64/128/256 channels at 32x32 /
-  16x16 / 16x16, batch 32, stride 1, padding 1, channels-last): forward + input gradient +
+* ``conv``: the 3x3 convolution of CIFAR ResNet-18 stages (64/128/256/512 channels at 32x32 /
+  16x16 / 8x8 / 4x4, batch 64, stride 1, padding 1, channels-last): forward + input gradient +
   weight gradient at density 0.1 at least 4x faster than dense ``F.conv2d`` forward +
   backward.
 
@@ -233,10 +233,12 @@ def main() -> None:
             c = conv_rows([("quick.conv3x3", 4, 64, 8)], (0.1,), args.rounds, args.min_run_time)
         else:
             m = matmul_rows(2048, 256, (0.05, 0.1, 0.3), args.rounds, args.min_run_time)
+            # The CIFAR ResNet-18 3x3 layers at the training batch of bench_train_step.
             layers = [
-                ("resnet18.s1.conv3x3", 32, 64, 32),
-                ("resnet18.s2.conv3x3", 32, 128, 16),
-                ("resnet18.s3.conv3x3", 32, 256, 16),
+                ("resnet18.s1.conv3x3", 64, 64, 32),
+                ("resnet18.s2.conv3x3", 64, 128, 16),
+                ("resnet18.s3.conv3x3", 64, 256, 8),
+                ("resnet18.s4.conv3x3", 64, 512, 4),
             ]
             c = [] if args.skip_conv else conv_rows(layers, (0.1, 0.3), args.rounds, args.min_run_time)
         matmul += [{"threads": threads, **row} for row in m]

@@ -651,6 +651,40 @@ int64_t conv_dw_scratch(const sk::ConvDwArgs& p) {
 // The loop runs chunk-outer, block-inner: the blocks of a task share each chunk of
 // activations while it is in cache, instead of each block streaming all of x and dy from
 // memory. Each block still sums its chunks in order, whichever task it falls in.
+// NaN/Inf semantics of zero padding. A dense convolution multiplies the padding zeros by dy,
+// so a non-finite dy at a position where block j's tap sees only padding makes the dense
+// gradient NaN for that output channel (0 * NaN = 0 * Inf = NaN). The reduction skips those
+// positions; this pass reads dy at them only (border pixels: a few % of dy for 3x3 kernels)
+// and sets the affected output rows of the block to NaN, as F.conv2d's gradient has them.
+SK_INLINE void dw_padding_nonfinite(const sk::ConvDwArgs& p, i64 j) {
+  const sk::Layout& L = p.L;
+  const sk::ConvGeom& g = p.g;
+  const i64 bk = L.bm, bc = L.bn, Kb = g.K / bk;
+  const i64 brow = L.row_indices[j], t = brow / Kb, kb = brow % Kb;
+  const i64 r = t / g.S, s = t % g.S;
+  const i64 off_w = s * g.dw - g.pw;
+  const i64 ow_lo = imin(g.Wo, off_w >= 0 ? 0 : cdiv(-off_w, g.sw));
+  const i64 ow_hi = imax(ow_lo, imin(g.Wo, off_w >= g.W ? 0 : cdiv(g.W - off_w, g.sw)));
+  float* out = p.out + j * bk * bc;
+  auto scan = [&](i64 row, i64 ow0, i64 ow1) {
+    for (i64 ow = ow0; ow < ow1; ++ow) {
+      const float* d = p.dy + (row * g.Wo + ow) * g.K + kb * bk;
+      for (i64 i = 0; i < bk; ++i)
+        if (!__builtin_isfinite(d[i]))
+          for (i64 c = 0; c < bc; ++c) out[i * bc + c] = __builtin_nanf("");
+    }
+  };
+  for (i64 row = 0; row < g.N * g.Ho; ++row) {
+    const i64 ih = (row % g.Ho) * g.sh - g.ph + r * g.dh;
+    if (ih < 0 || ih >= g.H) {
+      scan(row, 0, g.Wo);
+    } else {
+      scan(row, 0, ow_lo);
+      scan(row, ow_hi, g.Wo);
+    }
+  }
+}
+
 void conv_dw(const sk::ConvDwArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const sk::ConvGeom& g = p.g;
@@ -693,4 +727,5 @@ void conv_dw(const sk::ConvDwArgs& p, int64_t begin, int64_t end, void* scratch)
   for (i64 j = begin; j < end; ++j)
     if (!started[j - begin])
       for (i64 e = 0; e < bk * bc; ++e) p.out[j * bk * bc + e] = 0.0f;
+  for (i64 j = begin; j < end; ++j) dw_padding_nonfinite(p, j);
 }

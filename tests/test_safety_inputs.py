@@ -347,3 +347,26 @@ def test_native_kernels_are_bitwise_identical_for_any_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(p, q) for p, q in zip(one, two))
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native backend not built")
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("seed", range(4))
+def test_native_weight_grad_nonfinite_dy_like_dense(stride, seed):
+    """Non-finite output gradients anywhere (border pixels whose taps see only padding
+    included) give the NaN/Inf pattern of the dense weight gradient at the stored blocks: the
+    C++ kernel's padding pass, not a Python scan of dy."""
+    gen = torch.Generator().manual_seed(seed)
+    layout = BlockLayout.random((9 * 32, 32), 16, 0.5, generator=gen)
+    x = torch.randn(2, 32, 7, 6, generator=gen)
+    Ho, Wo = (7 + 2 - 3) // stride + 1, (6 + 2 - 3) // stride + 1
+    dy = torch.randn(2, 32, Ho, Wo, generator=gen)
+    for _ in range(3):
+        n, k = int(torch.randint(2, (1,), generator=gen)), int(torch.randint(32, (1,), generator=gen))
+        oh, ow = int(torch.randint(Ho, (1,), generator=gen)), int(torch.randint(Wo, (1,), generator=gen))
+        dy[n, k, oh, ow] = float("nan") if seed % 2 else float("inf")
+    dense = torch.nn.grad.conv2d_weight(x.double(), [32, 32, 3, 3], dy.double(), stride, 1)
+    want = layout.dense_to_values(dense.permute(2, 3, 0, 1).reshape(9 * 32, 32))
+    got = backends.module("native").conv2d_weight_grad(x, dy, layout, (3, 3), (stride, stride), (1, 1), (1, 1))
+    assert torch.equal(~torch.isfinite(got), ~torch.isfinite(want))
+    assert_close(torch.where(torch.isfinite(want), got, 0.0), torch.where(torch.isfinite(want), want, 0.0))

@@ -14,10 +14,11 @@ Any block size works; the kernels are tuned for 16, 32, 64 and 128. The C++ side
 every index of the layout before use and raises ``ValueError`` for a corrupted one.
 
 Zero-size operands (empty outputs, empty reductions, ``nnz = 0``) are answered here without
-calling the C++ side. NaN/Inf: the C++ convolution skips taps that only see zero padding, so
-a non-finite weight there (forward) or a non-finite output gradient there (weight gradient)
-would not reach the result as it does in ``F.conv2d``; such calls (detected by one finite
-check over the values or ``dy``, cheap next to the convolution) run the reference instead.
+calling the C++ side. NaN/Inf: the C++ forward skips taps that only see zero padding, so a
+non-finite weight there would not reach the result as it does in ``F.conv2d``; such calls
+(detected by one finite check over the values, which are small) run the reference instead.
+The weight gradient keeps ``F.conv2d``'s semantics in C++ (a non-finite ``dy`` where a tap sees
+only padding makes that output row NaN), without a pass over ``dy`` here.
 
 Determinism: each output element is reduced by one thread in a fixed order, so results are
 bitwise identical for any ``torch.set_num_threads``.
@@ -247,8 +248,6 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) ->
     empty = checks.zero_size_conv_weight_grad(x, dy, layout)
     if empty is not None:
         return empty.to(dtype)
-    if _padding_meets_nonfinite(dy, pd):
-        return _reference().conv2d_weight_grad(x, dy, layout, ks, st, pd, dl).to(dtype)
     out = new_output(layout.values_shape(), x.dtype, x.device)
     _ops().conv2d_weight_grad(x, dy, *_layout_args(layout), list(ks), list(st), list(pd), list(dl), out)
     return out.to(dtype)
