@@ -656,6 +656,45 @@ int64_t conv_dw_scratch(const sk::ConvDwArgs& p) {
 // gradient NaN for that output channel (0 * NaN = 0 * Inf = NaN). The reduction skips those
 // positions; this pass reads dy at them only (border pixels: a few % of dy for 3x3 kernels)
 // and sets the affected output rows of the block to NaN, as F.conv2d's gradient has them.
+// Whether dy holds a NaN/Inf at any position where some tap sees only padding (the union of
+// the positions dw_padding_nonfinite reads for any block): one vectorised pass over that
+// border ring of dy (all channels), so the common all-finite case costs a few % of a dy read.
+SK_INLINE bool dw_border_has_nonfinite(const sk::ConvDwArgs& p) {
+  const sk::ConvGeom& g = p.g;
+  // Output columns [0, lo) and [hi, Wo) see padding through some tap s; rows likewise.
+  i64 lo = 0, hi = g.Wo;
+  for (i64 s = 0; s < g.S; ++s) {
+    const i64 off_w = s * g.dw - g.pw;
+    lo = imax(lo, imin(g.Wo, off_w >= 0 ? 0 : cdiv(-off_w, g.sw)));
+    hi = imin(hi, imax(0, imin(g.Wo, off_w >= g.W ? 0 : cdiv(g.W - off_w, g.sw))));
+  }
+  hi = imax(hi, lo);
+  v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  float tail = 0.0f;
+  auto scan = [&](const float* d, i64 n) {  // x * 0 is 0 for finite x, NaN for NaN/Inf
+    i64 q = 0;
+    for (; q + 8 <= n; q += 8) acc += load8(d + q) * 0.0f;
+    for (; q < n; ++q) tail += d[q] * 0.0f;
+  };
+  for (i64 row = 0; row < g.N * g.Ho; ++row) {
+    const i64 oh = row % g.Ho;
+    bool border_row = false;
+    for (i64 r = 0; r < g.R; ++r) {
+      const i64 ih = oh * g.sh - g.ph + r * g.dh;
+      border_row |= ih < 0 || ih >= g.H;
+    }
+    const float* d = p.dy + row * g.Wo * g.K;
+    if (border_row) {
+      scan(d, g.Wo * g.K);
+    } else {
+      scan(d, lo * g.K);
+      scan(d + hi * g.K, (g.Wo - hi) * g.K);
+    }
+  }
+  for (int q = 0; q < 8; ++q) tail += acc[q];
+  return tail != tail;
+}
+
 SK_INLINE void dw_padding_nonfinite(const sk::ConvDwArgs& p, i64 j) {
   const sk::Layout& L = p.L;
   const sk::ConvGeom& g = p.g;
@@ -727,5 +766,6 @@ void conv_dw(const sk::ConvDwArgs& p, int64_t begin, int64_t end, void* scratch)
   for (i64 j = begin; j < end; ++j)
     if (!started[j - begin])
       for (i64 e = 0; e < bk * bc; ++e) p.out[j * bk * bc + e] = 0.0f;
-  for (i64 j = begin; j < end; ++j) dw_padding_nonfinite(p, j);
+  if (dw_border_has_nonfinite(p))
+    for (i64 j = begin; j < end; ++j) dw_padding_nonfinite(p, j);
 }
