@@ -86,7 +86,9 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float 
     from torch.utils.benchmark import Timer
 
     fn()
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    # Timer runs with num_threads=1 unless told otherwise: time with the threads torch is set to.
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def results_dir(device: torch.device, out: str | None = None) -> Path:
