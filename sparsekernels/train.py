@@ -209,7 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not ok:
             parser.error(message)
     if args.er_epsilon is not None:
-        from sparsekernels.training.er import er_epsilon_density
+        from sparsekernels.training.er import er_candidates, er_epsilon_density
 
         with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
             meta_model = build_model(args.model, num_classes=10, width=args.width, **model_options(args))
@@ -217,6 +217,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             args.density = er_epsilon_density(meta_model, args.er_epsilon, args.block_size)
         except ValueError as err:
             parser.error(f"--er-epsilon: {err}")
+        skipped = [n for n, m in meta_model.named_modules() if isinstance(m, nn.Linear)][:-1]
+        skipped = [n for n in skipped if n not in dict(er_candidates(meta_model, args.block_size))]
+        if skipped:
+            warn(
+                f"--block-size {args.block_size} does not divide the sizes of layer(s) {', '.join(skipped)}: "
+                "they stay dense (for blocks 16/32 use --hidden 4096,1024,4096)"
+            )
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
     return args
