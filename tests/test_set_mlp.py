@@ -321,6 +321,7 @@ def test_cli_set_run_updates_once_per_epoch_after_evaluation(tmp_path):
     assert load_checkpoint(out / "checkpoint-epoch002.pt")["trainer"]["engine"]["updates"] == 1
     for e in record["epochs"]:  # per-epoch train and test accuracy, and the generalisation gap
         assert 0 <= e["train_acc"] <= 1 and 0 <= e["test_acc"] <= 1
+        assert 0 < e["epoch_cpu_seconds"] < 10 * e["epoch_seconds"] + 1
         assert e["generalization_gap"] == pytest.approx(e["train_eval_acc"] - e["test_acc"])
     opt_groups = epoch1["trainer"]["optimizer"]["param_groups"]
     assert opt_groups[0]["nesterov"] is False and opt_groups[0]["weight_decay"] == 0
@@ -414,6 +415,6 @@ def test_queue_log_writes_runs_md_and_copies_records(tmp_path):
     log = q.Log(runs, tmp_path / "data", results, [("set-b8-s0", 200), ("dense-s0", 50)])
     log.refresh()
     text = (results / "RUNS.md").read_text()
-    assert "| set-b8-s0 | paused | 3 / 200 (plan: 200) | 32.5 | 1.0 | 30.00 | 30.00 |" in text
+    assert "| set-b8-s0 | paused | 3 / 200 (plan: 200) | 32.5 | - | 1.0 | 30.00 | 30.00 |" in text
     assert "| dense-s0 | pending | 0 / 200 (plan: 50) |" in text
     assert "--er-epsilon 20" in text and json.loads((results / "set-b8-s0" / "record.json").read_text())

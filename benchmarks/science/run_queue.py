@@ -221,6 +221,7 @@ class Log:
             epochs = record.get("epochs") or []
             steady = epochs[1:] if len(epochs) > 1 else epochs
             sec = sum(e["epoch_seconds"] for e in steady) / len(steady) if steady else None
+            cpu = [e["epoch_cpu_seconds"] for e in steady if "epoch_cpu_seconds" in e]
             ev = [e.get("eval_seconds", 0) + e.get("train_eval_seconds", 0) for e in steady]
             last = epochs[-1]["test_acc"] if epochs else None
             best = max((e["test_acc"] for e in epochs), default=None)
@@ -239,6 +240,7 @@ class Log:
                 status,
                 f"{done} / {total} (plan: {targets[name]})",
                 f"{sec:.1f}" if sec is not None else "-",
+                f"{sum(cpu) / len(cpu):.1f}" if cpu else "-",
                 f"{sum(ev) / len(ev):.1f}" if ev else "-",
                 f"{100 * last:.2f}" if last is not None else "-",
                 f"{100 * best:.2f}" if best is not None else "-",
@@ -263,12 +265,13 @@ class Log:
                 "```",
                 "",
                 "Conditions: 2-core AMD EPYC shared with other jobs, one torch thread, `nice -n 19`, fp32, native",
-                "backend. s/epoch is training time only (evaluation excluded), mean over epochs after the first;",
-                "on this shared machine it varies with the load (read it as ±30 %).",
+                "backend. s/epoch is training wall-clock only (evaluation excluded), mean over epochs after the",
+                "first; on this shared machine it varies with the load. CPU s/epoch is the process CPU time of",
+                "the training steps (one thread): the work done, nearly independent of the load.",
                 "",
-                "| run | status | epochs done / total (plan) | train s/epoch | eval s/epoch | test acc % (last) "
-                "| best % |",
-                "|---|---|---|---|---|---|---|",
+                "| run | status | epochs done / total (plan) | train s/epoch | train CPU s/epoch | eval s/epoch "
+                "| test acc % (last) | best % |",
+                "|---|---|---|---|---|---|---|---|",
                 *rows,
                 "",
                 "Commands (each resumes with `--resume <newest checkpoint>`; the queue adds `--stop-at-epoch` for",
