@@ -418,3 +418,17 @@ def test_queue_log_writes_runs_md_and_copies_records(tmp_path):
     assert "| set-b8-s0 | paused | 3 / 200 (plan: 200) | 32.5 | - | 1.0 | 30.00 | 30.00 |" in text
     assert "| dense-s0 | pending | 0 / 200 (plan: 50) |" in text
     assert "--er-epsilon 20" in text and json.loads((results / "set-b8-s0" / "record.json").read_text())
+
+
+def test_queue_refuses_a_second_instance_and_writes_its_pid(tmp_path):
+    import fcntl
+
+    q = _load_queue()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with open(runs / "queue.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        pid_file = tmp_path / "pid"
+        argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")]
+        assert q.main([*argv, "--pid-file", str(pid_file)]) == 1
+        assert not pid_file.exists()

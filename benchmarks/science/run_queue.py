@@ -2,8 +2,11 @@
 
 One command runs, or continues, the whole queue::
 
-    cd REPO && OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 python benchmarks/science/run_queue.py \\
-        >> /work/science-runs/queue.log 2>&1 &  echo $! > /work/science.pid
+    cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 python benchmarks/science/run_queue.py \\
+        >> /work/science-runs/queue.log 2>&1 &
+
+It writes its own PID to ``--pid-file`` (default ``/work/science.pid``) and refuses to start
+while another queue holds ``<runs-root>/queue.lock``.
 
 Every run checkpoints after every epoch under ``--runs-root`` (outside the repository). The
 queue walks :data:`PLAN` in order; each entry says how many epochs a run must have done. A
@@ -26,7 +29,9 @@ just those; ``--once`` stops after the first plan entry that did work (for tests
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import shlex
 import shutil
@@ -43,6 +48,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 RESULTS = REPO / "benchmarks" / "results" / "cpu-amd-epyc" / "science"
 RUNS_ROOT = Path("/work/science-runs")
 DATA_DIR = Path("/work/data/cifar10")
+PID_FILE = Path("/work/science.pid")
 POLL_SECONDS = 60
 KEEP_CHECKPOINTS = 2
 CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt$")
@@ -260,8 +266,9 @@ class Log:
                 "Resume the whole queue (skips finished runs, continues unfinished ones bit-identically):",
                 "",
                 "```bash",
-                "cd REPO && OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
-                "benchmarks/science/run_queue.py >> /work/science-runs/queue.log 2>&1 & echo $! > /work/science.pid",
+                "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
+                "benchmarks/science/run_queue.py >> /work/science-runs/queue.log 2>&1 &",
+                "# it writes its PID to /work/science.pid (SIGSTOP/SIGCONT that PID to pause/resume all work)",
                 "```",
                 "",
                 "Conditions: 2-core AMD EPYC shared with other jobs, one torch thread, `nice -n 19`, fp32, native",
@@ -344,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated run names: run only these plan entries")
     p.add_argument("--list", action="store_true", help="print the plan with each run's state and exit")
     p.add_argument("--once", action="store_true", help="stop after the first plan entry that trained")
+    p.add_argument("--pid-file", type=Path, default=PID_FILE, help="this process's PID is written here")
     args = p.parse_args(argv)
 
     plan = PLAN
@@ -365,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # the machine is shared: one run, one thread
     args.runs_root.mkdir(parents=True, exist_ok=True)
+    # One queue at a time: two would train the same run into the same folder.
+    lock = open(args.runs_root / "queue.lock", "w")  # held (and locked) for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"another run_queue.py holds {args.runs_root / 'queue.lock'}; not starting a second one", flush=True)
+        return 1
+    # The PID of the process that trains (SIGSTOP/SIGCONT it to pause/resume all work).
+    args.pid_file.write_text(f"{os.getpid()}\n")
     wait_for_data(args.data_dir)
     stop = threading.Event()
     poller = threading.Thread(target=_poll, args=(log, stop), daemon=True)
