@@ -432,3 +432,47 @@ def test_queue_refuses_a_second_instance_and_writes_its_pid(tmp_path):
         argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")]
         assert q.main([*argv, "--pid-file", str(pid_file)]) == 1
         assert not pid_file.exists()
+
+
+def _load_summarize():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_record(accs: list[float], total_epochs: int, churn: list[float] | None = None) -> dict:
+    epochs = [
+        {"epoch": i + 1, "test_acc": a, "wall_clock": 10.0 * (i + 1), "epoch_seconds": 10.0, "train_eval_acc": a + 0.1,
+         "generalization_gap": 0.1}
+        for i, a in enumerate(accs)
+    ]  # fmt: skip
+    history = [{"step": 5 * (i + 1), "churn": c} for i, c in enumerate(churn or [])]
+    return {"epochs": epochs, "steps_per_epoch": 5, "total_steps": 5 * total_epochs, "steps_done": 5 * len(accs),
+            "structure_history": history or None}  # fmt: skip
+
+
+def test_summarize_tables_and_plots_from_partial_records(tmp_path):
+    s = _load_summarize()
+    records = {
+        "set-b8-s0": _fake_record([0.05 * (i + 1) for i in range(11)] + [0.61], 200, churn=[0.3] * 11),
+        "evolutionary-b8-s0": _fake_record([0.2] * 3, 200, churn=[0.3, 0.02, 0.005]),
+        "dense-s0": _fake_record([0.5, 0.55], 200),
+        "set-b8-f0.1-s0": _fake_record([0.3], 1000),
+    }
+    for name, r in records.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text(json.dumps(r))
+    assert s.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "PARTIAL RESULTS" in text
+    # Epoch 10 of the SET run: 50.00 % vs published 42.8 -> +7.20; later epochs not reached -> "-".
+    assert "| set-b8-s0 | set | +7.20 | - | - | - |" in text
+    assert "| evolutionary-b8-s0 | 3 | 0.300 | 0.005 | 3 | " in text  # churn < 1 % from the update after epoch 3
+    assert "| set-b8-s0 | epoch 12 (0.03 h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
+    assert "set-b8-f0.1-s0 | 1/1000 partial | 30.00 |" in text
+    for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert s.settled_epoch([(1, 0.3), (2, 0.005), (3, 0.02)]) is None
+    assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
