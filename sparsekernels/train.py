@@ -209,24 +209,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if not ok:
             parser.error(message)
     if args.er_epsilon is not None:
-        from sparsekernels.training.er import er_candidates, er_epsilon_density
-
-        with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
-            meta_model = build_model(args.model, num_classes=10, width=args.width, **model_options(args))
-        try:
-            args.density = er_epsilon_density(meta_model, args.er_epsilon, args.block_size)
-        except ValueError as err:
-            parser.error(f"--er-epsilon: {err}")
-        skipped = [n for n, m in meta_model.named_modules() if isinstance(m, nn.Linear)][:-1]
-        skipped = [n for n in skipped if n not in dict(er_candidates(meta_model, args.block_size))]
-        if skipped:
-            warn(
-                f"--block-size {args.block_size} does not divide the sizes of layer(s) {', '.join(skipped)}: "
-                "they stay dense (for blocks 16/32 use --hidden 4096,1024,4096)"
-            )
+        _resolve_er_epsilon(args, parser)
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
     return args
+
+
+def _resolve_er_epsilon(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Set ``args.density`` to the global density whose ER allocation gives SET's ε-densities."""
+    import torch as _torch
+    from torch import nn as _nn
+
+    from sparsekernels.models import build_model as _build_model
+    from sparsekernels.training.er import er_candidates, er_epsilon_density
+
+    with _torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+        meta_model = _build_model(args.model, num_classes=10, width=args.width, **model_options(args))
+    try:
+        args.density = er_epsilon_density(meta_model, args.er_epsilon, args.block_size)
+    except ValueError as err:
+        parser.error(f"--er-epsilon: {err}")
+    skipped = [n for n, m in meta_model.named_modules() if isinstance(m, _nn.Linear)][:-1]
+    skipped = [n for n in skipped if n not in dict(er_candidates(meta_model, args.block_size))]
+    if skipped:
+        warn(
+            f"--block-size {args.block_size} does not divide the sizes of layer(s) {', '.join(skipped)}: "
+            "they stay dense (for blocks 16/32 use --hidden 4096,1024,4096)"
+        )
 
 
 def _set_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:

@@ -194,6 +194,9 @@ def test_cli_er_epsilon_sets_the_density_and_checks_its_flags(capsys):
     params = [3072 * 4000, 4000 * 1000, 1000 * 4000]
     kept = 20 * 7072 + 20 * 5000 + 20 * 5000
     assert args.density == pytest.approx(kept / sum(params), rel=1e-12)
+    capsys.readouterr()
+    train.parse_args(["--model", "set-mlp", "--distribution", "er", "--er-epsilon", "20", "--block-size", "16"])
+    assert "layers.3, layers.6" in capsys.readouterr().err  # 1000 is not a multiple of 16: warned
     for bad, message in (
         (["--er-epsilon", "20"], "--distribution er"),
         (["--distribution", "er", "--er-epsilon", "-1"], "--er-epsilon must be positive"),
