@@ -88,6 +88,23 @@ def test_srelu_matches_its_piecewise_definition_and_gradients():
         assert_close(p.grad, q.grad)
 
 
+def test_dropout_zeroes_a_fraction_p_scales_the_rest_and_is_identity_in_eval():
+    from sparsekernels.models.mlp import Dropout
+
+    drop = Dropout(0.3)
+    x = torch.rand(200, 500) + 0.5
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.01
+    assert_close(y[kept], (x / 0.7)[kept])
+    x.requires_grad_(True)
+    drop(x).sum().backward()  # gradient: the same mask and scale
+    assert torch.equal(x.grad == 0, ~kept) or ((x.grad == 0).float().mean() - 0.3).abs() < 0.01
+    assert torch.allclose(x.grad[x.grad != 0], torch.tensor(1 / 0.7))
+    drop.eval()
+    assert drop(x) is x and isinstance(drop, nn.Dropout)
+
+
 def test_srelu_init_and_errors():
     act = SReLU(4000)
     assert torch.equal(act.t_left, torch.zeros(4000)) and torch.equal(act.a_right, torch.ones(4000))

@@ -68,15 +68,33 @@ class SReLU(nn.Module):
             )
         t_l = self.t_left.to(x.dtype)
         t_r = t_l + self.t_right.abs().to(x.dtype)
-        # x clipped to [t_l, t_r], plus the sloped excess beyond either threshold: three
-        # elementwise ops whose autograd gives every parameter its exact gradient.
-        below = torch.clamp(x - t_l, max=0.0)
-        above = torch.clamp(x - t_r, min=0.0)
-        middle = torch.minimum(torch.maximum(x, t_l), t_r)
-        return middle + self.a_left.to(x.dtype) * below + self.a_right.to(x.dtype) * above
+        # f(x) = x + [x < t_l]·(a_l − 1)(x − t_l) + [x > t_r]·(a_r − 1)(x − t_r): the region masks
+        # are constants, so autograd of a few multiply-adds gives every parameter its exact
+        # (piecewise) gradient. Float masks instead of torch.where: on a CPU `where` over a
+        # [100, 4000] batch costs ~10x a multiply, and this activation ran 3x per step.
+        below = (x < t_l).to(x.dtype)
+        above = (x > t_r).to(x.dtype)
+        slope_l = self.a_left.to(x.dtype) - 1.0
+        slope_r = self.a_right.to(x.dtype) - 1.0
+        return x + below * slope_l * (x - t_l) + above * slope_r * (x - t_r)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same expectation-preserving ``1 / (1 − p)`` scaling) that draws
+    its mask with ``torch.rand_like(x) >= p``: on a CPU that is about twice as fast as the
+    ``bernoulli_`` of ``F.dropout``, which was the largest cost of an SET-MLP training step.
+    Random numbers come from torch's global generator (checkpointed with the run)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        mask = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * mask
 
 
 def _activation(name: str, features: int) -> nn.Module:
@@ -121,7 +139,7 @@ class SetMLP(nn.Module):
         for h in hidden:
             layers += [nn.Linear(width, h), _activation(activation, h)]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
