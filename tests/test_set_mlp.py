@@ -465,7 +465,7 @@ def _load_summarize():
 def _fake_record(accs: list[float], total_epochs: int, churn: list[float] | None = None) -> dict:
     epochs = [
         {"epoch": i + 1, "test_acc": a, "wall_clock": 10.0 * (i + 1), "epoch_seconds": 10.0, "train_eval_acc": a + 0.1,
-         "generalization_gap": 0.1}
+         "generalization_gap": 0.1, "epoch_cpu_seconds": 9.0}
         for i, a in enumerate(accs)
     ]  # fmt: skip
     history = [{"step": 5 * (i + 1), "churn": c} for i, c in enumerate(churn or [])]
@@ -490,7 +490,7 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     # Epoch 10 of the SET run: 50.00 % vs published 42.8 -> +7.20; later epochs not reached -> "-".
     assert "| set-b8-s0 | set | +7.20 | - | - | - |" in text
     assert "| evolutionary-b8-s0 | 3 | 0.300 | 0.005 | 3 | " in text  # churn < 1 % from the update after epoch 3
-    assert "| set-b8-s0 | epoch 12 (0.03 h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
+    assert "| set-b8-s0 | epoch 12 (0.03 CPU h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
     assert "set-b8-f0.1-s0 | 1/1000 partial | 30.00 |" in text
     for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):
         assert (tmp_path / png).stat().st_size > 1000

@@ -273,7 +273,8 @@ class Log:
                 "",
                 "Conditions: 2-core AMD EPYC shared with other jobs, one torch thread, `nice -n 19`, fp32, native",
                 "backend. s/epoch is training wall-clock only (evaluation excluded), mean over epochs after the",
-                "first; on this shared machine it varies with the load. CPU s/epoch is the process CPU time of",
+                "first; on this shared machine it varies with the load and includes SIGSTOP pauses. CPU s/epoch is",
+                "the process CPU time of",
                 "the training steps (one thread): the work done, nearly independent of the load.",
                 "",
                 "| run | status | epochs done / total (plan) | train s/epoch | train CPU s/epoch | eval s/epoch "
