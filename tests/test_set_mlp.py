@@ -496,3 +496,29 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
     assert s.settled_epoch([(1, 0.3), (2, 0.005), (3, 0.02)]) is None
     assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
+
+
+@pytest.mark.parametrize("method", ["evolutionary", "evolutionary-gradient", "rigl"])
+def test_cli_other_methods_run_with_per_epoch_updates(tmp_path, method):
+    """The queue's DST comparison runs: same ER densities and per-epoch ζ updates, other methods."""
+    argv = [*SMALL, *SET_UPDATES, "--method", method, "--epochs", "3", "--out", str(tmp_path / method)]
+    assert train.main(argv) == 0
+    history = read_record(tmp_path / method)["structure_history"]
+    assert [h["step"] for h in history] == [6, 12] and all(h["churn"] > 0 for h in history)
+
+
+def test_queue_entry_pauses_at_its_target_and_the_next_entry_resumes(tmp_path, monkeypatch):
+    q = _load_queue()
+    monkeypatch.setattr(q, "COMMON", [*SMALL, "--checkpoint-every", "1"])
+    monkeypatch.setitem(q.RUNS, "tiny-s0", {"args": SET_UPDATES, "epochs": 3})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    plan = [("tiny-s0", 2), ("tiny-s0", 3)]
+    log = q.Log(runs, tmp_path, results, plan)
+    assert q.run_entry("tiny-s0", 2, log, runs, tmp_path)
+    assert q.epochs_done(runs / "tiny-s0") == 2 and "paused" in (results / "RUNS.md").read_text()
+    assert q.run_entry("tiny-s0", 3, log, runs, tmp_path)
+    record = read_record(runs / "tiny-s0")
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3] and record["resumed_from"].endswith("epoch002.pt")
+    assert not q.run_entry("tiny-s0", 3, log, runs, tmp_path)  # done: skipped
+    assert "| tiny-s0 | done | 3 / 3 (plan: 3) |" in (results / "RUNS.md").read_text()
+    assert json.loads((results / "tiny-s0" / "record.json").read_text())["steps_done"] == 18
