@@ -409,7 +409,8 @@ def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
             assert args.density == 1.0
         else:
             assert args.distribution == "er" and args.er_epsilon == 20 and args.density < 0.02
-            assert args.block_size in (8, 16, 32) and (args.block_size == 8) == (args.hidden == "4000,1000,4000")
+            assert args.block_size in (1, 4, 8, 16, 32)
+            assert (args.block_size in (16, 32)) == (args.hidden == "4096,1024,4096")
         if "-f0." in name:  # as many optimizer steps as 100 full-data epochs
             assert args.epochs * args.train_fraction == pytest.approx(100)
     run = tmp_path / "runs" / "x"

@@ -88,6 +88,10 @@ def _runs() -> dict[str, dict]:
         runs[f"static-b8-s{seed}"] = {"args": sparse("static", 8) + s, "epochs": 200}
         for block in (16, 32):
             runs[f"set-b{block}-s{seed}"] = {"args": WIDE + sparse("set", block) + s, "epochs": 200}
+        # Diagnostics of the block structure on the exact architecture: block 4, and block 1
+        # (unstructured, as the published SET; ~0.5 s per step on one core, slower than dense).
+        for block in (4, 1):
+            runs[f"set-b{block}-s{seed}"] = {"args": sparse("set", block) + s, "epochs": 200}
         for method in ("evolutionary", "evolutionary-gradient", "rigl"):
             runs[f"{method}-b8-s{seed}"] = {"args": sparse(method, 8) + s, "epochs": 200}
     # Fewer training samples: a fixed class-balanced subset, epochs scaled by 1/f so the
@@ -111,9 +115,11 @@ PLAN: list[tuple[str, int]] = [
     ("static-b8-s0", 200),
     ("set-b16-s0", 200),
     ("set-b32-s0", 200),
+    ("set-b4-s0", 200),
     ("evolutionary-b8-s0", 200),
     ("evolutionary-gradient-b8-s0", 200),
     ("rigl-b8-s0", 200),
+    ("set-b1-s0", 50),
     *[(f"{m}-f{f}-s0", RUNS[f"{m}-f{f}-s0"]["epochs"]) for f in (0.1, 0.25) for m in
       ("set-b8", "dense", "evolutionary-b8", "evolutionary-gradient-b8")],
     ("set-b8-s1", 200),
@@ -128,6 +134,7 @@ PLAN: list[tuple[str, int]] = [
     ("set-b16-s1", 200),
     ("set-b32-s1", 200),
     ("dense-s1", 200),
+    ("set-b1-s0", 200),
 ]  # fmt: skip
 
 
