@@ -31,8 +31,8 @@ from typing import Any
 
 # The command line is defined before torch is imported (see _answer_help_early): these names
 # repeat registries of torch-importing modules, and tests/test_train_cli.py checks they agree.
-MODEL_NAMES = ("resnet18", "resnet20", "resnet32", "resnet56")  # sparsekernels.models.MODELS
-SCHEDULE_NAMES = ("one-cycle", "cosine")  # sparsekernels.training.schedules.SCHEDULES
+MODEL_NAMES = ("resnet18", "resnet20", "resnet32", "resnet56", "set-mlp")  # sparsekernels.models.MODELS
+SCHEDULE_NAMES = ("one-cycle", "cosine", "constant")  # sparsekernels.training.schedules.SCHEDULES
 AMP_NAMES = ("bf16", "fp16", "none")  # AMP_DTYPES below
 METHODS = ("static", "set", "rigl", "evolutionary", "evolutionary-gradient")
 DISTRIBUTIONS = ("uniform", "er", "erk")
@@ -53,6 +53,12 @@ RESUME_KEYS = (
 # Each resumed segment also records them with its device (record["segments"]).
 COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
 
+# Options of the SET MLP, its data pipeline and the sample-efficiency runs (issue 15).
+RESUME_KEYS += (
+    "hidden", "activation", "dropout", "augment", "er_epsilon", "update_unit", "train_fraction", "subset_seed",
+    "eval_train", "nesterov",
+)  # fmt: skip
+
 
 # ----------------------------------------------------------------------------- command line
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet20", choices=MODEL_NAMES, help="network (CIFAR ResNets)")
+    g.add_argument("--model", default="resnet20", choices=MODEL_NAMES, help="network: CIFAR ResNets, or SET's MLP (set-mlp)")
     g.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="passes over the training set")
@@ -147,7 +153,64 @@ def build_parser() -> argparse.ArgumentParser:
         f"(sparse ones use --density, {DEFAULT_COMPARE_DENSITY} if it is 1.0; NAME@DENSITY overrides) "
         "(default: none, a single run)",
     )
+    _add_set_arguments(p)
     return p
+
+
+def _add_set_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the SET MLP (``--model set-mlp``), its data pipeline, SET's ε-densities and
+    per-epoch updates, and the sample-efficiency options (issue 15)."""
+    g = p.add_argument_group("SET MLP and reproduction")
+    g.add_argument(
+        "--hidden", default="4000,1000,4000", help="set-mlp: comma-separated hidden layer sizes (SET: 4000,1000,4000)"
+    )
+    g.add_argument("--activation", default="srelu", choices=("relu", "srelu"), help="set-mlp: hidden activation")
+    g.add_argument("--dropout", type=float, default=0.3, help="set-mlp: dropout after every hidden activation")
+    g.add_argument(
+        "--augment",
+        default="standard",
+        choices=("standard", "set", "none"),
+        help="training data pipeline: standard = per-channel normalisation + pad-4 crop + flip; set = SET's "
+        "per-pixel standardisation + rotation ±10°, shifts ±10 %%, flip (on the device); none = normalisation only",
+    )
+    g.add_argument(
+        "--er-epsilon",
+        type=float,
+        default=None,
+        help="with --distribution er: give each sparse layer SET's density eps*(n_in+n_out)/(n_in*n_out) "
+        "(replaces --density; eps=20 on set-mlp gives 1.15/2.5/2.5 %%)",
+    )
+    g.add_argument(
+        "--update-unit",
+        default="step",
+        choices=("step", "epoch"),
+        help="unit of --update-every; epoch: the topology changes once per N epochs, after the test evaluation "
+        "(at the first step of the next epoch), as in SET",
+    )
+    g.add_argument(
+        "--train-fraction", type=float, default=1.0, help="train on a fixed class-balanced fraction of the training set"
+    )
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-fraction subset (not --seed)")
+    g.add_argument(
+        "--eval-train",
+        type=int,
+        default=0,
+        help="also evaluate (no augmentation, eval mode) on this many fixed training images per epoch: "
+        "train_eval_acc and the generalisation gap train_eval_acc - test_acc (0: off)",
+    )
+    g.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SGD with Nesterov momentum (--no-nesterov: classical momentum 0.9, as SET's Keras SGD)",
+    )
+    g.add_argument(
+        "--stop-at-epoch",
+        type=int,
+        default=None,
+        help="pause once this many epochs are done (a checkpoint is written; needs --checkpoint-every); "
+        "continue later with the same command plus --resume",
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -175,13 +238,79 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0; got {args.checkpoint_every}"),
         (args.synthetic_size >= 1, f"--synthetic-size must be >= 1; got {args.synthetic_size}"),
         (args.compare is None or args.resume is None, "--compare and --resume cannot be combined"),
+        *_set_checks(args),
     ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    if args.er_epsilon is not None:
+        _resolve_er_epsilon(args, parser)
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
     return args
+
+
+def _resolve_er_epsilon(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Set ``args.density`` to the global density whose ER allocation gives SET's ε-densities."""
+    import torch as _torch
+    from torch import nn as _nn
+
+    from sparsekernels.models import build_model as _build_model
+    from sparsekernels.training.er import er_candidates, er_epsilon_density
+
+    with _torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+        meta_model = _build_model(args.model, num_classes=10, width=args.width, **model_options(args))
+    try:
+        args.density = er_epsilon_density(meta_model, args.er_epsilon, args.block_size)
+    except ValueError as err:
+        parser.error(f"--er-epsilon: {err}")
+    skipped = [n for n, m in meta_model.named_modules() if isinstance(m, _nn.Linear)][:-1]
+    skipped = [n for n in skipped if n not in dict(er_candidates(meta_model, args.block_size))]
+    if skipped:
+        warn(
+            f"--block-size {args.block_size} does not divide the sizes of layer(s) {', '.join(skipped)}: "
+            "they stay dense (for blocks 16/32 use --hidden 4096,1024,4096)"
+        )
+
+
+def _set_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    from sparsekernels.models.mlp import parse_hidden
+
+    try:
+        parse_hidden(args.hidden)
+        hidden_ok = True
+    except ValueError:
+        hidden_ok = False
+    return [
+        (hidden_ok, f"--hidden must be comma-separated positive ints, e.g. 4000,1000,4000; got {args.hidden!r}"),
+        (0.0 <= args.dropout < 1.0, f"--dropout must be in [0, 1); got {args.dropout}"),
+        (args.er_epsilon is None or args.er_epsilon > 0, f"--er-epsilon must be positive; got {args.er_epsilon}"),
+        (
+            args.er_epsilon is None or args.distribution == "er",
+            f"--er-epsilon sets Erdős–Rényi densities: use --distribution er (got {args.distribution})",
+        ),
+        (
+            args.er_epsilon is None or args.compare is None,
+            "--er-epsilon sets the density of one run; --compare entries take NAME@DENSITY instead",
+        ),
+        (0.0 < args.train_fraction <= 1.0, f"--train-fraction must be in (0, 1]; got {args.train_fraction}"),
+        (args.eval_train >= 0, f"--eval-train must be >= 0; got {args.eval_train}"),
+        (
+            args.stop_at_epoch is None or args.stop_at_epoch >= 1,
+            f"--stop-at-epoch must be >= 1; got {args.stop_at_epoch}",
+        ),
+        (
+            args.stop_at_epoch is None or args.checkpoint_every >= 1,
+            "--stop-at-epoch pauses a run: give --checkpoint-every so it can be resumed",
+        ),
+    ]
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Builder options beyond ``num_classes``/``width`` (the MLP's; none for the ResNets)."""
+    if args.model != "set-mlp":
+        return {}
+    return {"hidden": args.hidden, "activation": args.activation, "dropout": args.dropout}
 
 
 def _answer_help_early() -> None:
@@ -262,10 +391,17 @@ def sparsify_model(model: nn.Module, args: argparse.Namespace) -> Any:
     )
 
 
-def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, args: argparse.Namespace, total_steps: int):
+def build_engine(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    args: argparse.Namespace,
+    total_steps: int,
+    steps_per_epoch: int = 1,
+):
     """The :class:`sparsekernels.dst.DynamicSparsity` engine for ``--method`` (None when static).
 
-    ``--stop-after`` is a fraction of the run; the engine takes a step count.
+    ``--stop-after`` is a fraction of the run; the engine takes a step count. With
+    ``--update-unit epoch``, ``--update-every`` counts epochs of ``steps_per_epoch`` steps.
     """
     if args.method == "static" or args.density >= 1.0:
         return None
@@ -284,12 +420,19 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, args: argpa
         model,
         optimizer,
         method=args.method,
-        update_every=args.update_every,
+        update_every=update_every_steps(args, steps_per_epoch),
         fraction=args.update_fraction,
         schedule=args.update_schedule,
         stop_after=args.stop_after * total_steps,
         seed=args.seed,
     )
+
+
+def update_every_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
+    """``--update-every`` in optimizer steps (× ``steps_per_epoch`` under ``--update-unit epoch``)."""
+    if getattr(args, "update_unit", "step") == "epoch":
+        return args.update_every * steps_per_epoch
+    return args.update_every
 
 
 # ----------------------------------------------------------------------------- one run
@@ -307,7 +450,7 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=getattr(args, "nesterov", True))
     return torch.optim.AdamW(groups, lr=args.lr)
 
 
@@ -320,19 +463,38 @@ class Trainer:
         self.device = device
         torch.manual_seed(args.seed)
         random.seed(args.seed)
-        self.train_loader = DeviceLoader(
-            data.train, args.batch_size, train=True, channels_last=args.channels_last, seed=args.seed
-        )
-        self.test_loader = DeviceLoader(
-            data.test, max(args.batch_size, 256), train=False, channels_last=args.channels_last
-        )
+        augment = getattr(args, "augment", "standard")
+        if augment == "set":
+            from sparsekernels.data.augment import set_loaders
+
+            self.train_loader, self.test_loader = set_loaders(data.train, data.test, args.batch_size, seed=args.seed)
+        else:
+            self.train_loader = DeviceLoader(
+                data.train,
+                args.batch_size,
+                train=True,
+                augment=augment == "standard",
+                channels_last=args.channels_last,
+                seed=args.seed,
+            )
+            self.test_loader = DeviceLoader(
+                data.test, max(args.batch_size, 256), train=False, channels_last=args.channels_last
+            )
+        self.probe_loader = None
+        if getattr(args, "eval_train", 0):
+            # The training images without augmentation, in eval mode: the generalisation gap.
+            from sparsekernels.training.subset import probe_subset
+
+            self.probe_loader = copy.copy(self.test_loader)
+            self.probe_loader.split = probe_subset(data.train, args.eval_train, seed=0)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = args.epochs * self.steps_per_epoch
         if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        model = build_model(args.model, num_classes=len(data.classes), width=args.width).to(device)
+        model = build_model(args.model, num_classes=len(data.classes), width=args.width, **model_options(args))
+        model = model.to(device)
         self.dense_parameters = count_parameters(model)["total"]
         self.sparsity = sparsify_model(model, args)
         if args.channels_last:
@@ -346,7 +508,12 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[args.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        self.engine = build_engine(model, self.optimizer, args, self.total_steps)
+        self.engine = build_engine(model, self.optimizer, args, self.total_steps, self.steps_per_epoch)
+        self.update_every_steps = update_every_steps(args, self.steps_per_epoch)
+        # Per-epoch updates happen after the epoch's evaluation, at the first step of the next
+        # epoch (SET evaluates, then rewires): the engine skips the run's very first step, so
+        # its step t is the run's step t + 1.
+        self.engine_lag = 1 if getattr(args, "update_unit", "step") == "epoch" else 0
         self.step = 0
 
     def autocast(self) -> torch.autocast:
@@ -367,6 +534,8 @@ class Trainer:
         seen = 0
         self.sync()
         start = time.perf_counter()
+        # CPU time of this process: on a shared machine it measures the work, not the load.
+        cpu_start = time.process_time()
         for i, (x, y) in enumerate(self.train_loader):
             if i >= steps:
                 break
@@ -376,7 +545,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.engine is not None:
+            if self.engine is not None and self.step >= self.engine_lag:
                 # After the weights moved, before their gradients are cleared (gradient-based
                 # growth reads them).
                 self.engine.step()
@@ -392,25 +561,28 @@ class Trainer:
                 bar.update(i + 1, **{"img/s": f"{rate:.0f}", "loss": loss_sum.item() / seen, "acc": f"{acc:.1f}%"})
         self.sync()
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         bar.close()
         return {
             "steps": steps,
             "train_loss": loss_sum.item() / max(seen, 1),
             "train_acc": correct.item() / max(seen, 1),
             "epoch_seconds": seconds,
+            "epoch_cpu_seconds": cpu_seconds,
             "images_per_second": seen / seconds if seconds > 0 else float("nan"),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Test-set loss and accuracy (BN in eval mode, no augmentation)."""
+    def evaluate(self, loader: DeviceLoader | None = None, prefix: str = "test") -> dict[str, float]:
+        """Loss and accuracy on the test set, or on ``loader`` (keys ``{prefix}_loss``,
+        ``{prefix}_acc``, ``eval_seconds``/``{prefix}_seconds``); BN in eval mode, no augmentation."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         n = 0
         start = time.perf_counter()
-        for x, y in self.test_loader:
+        for x, y in self.test_loader if loader is None else loader:
             with self.autocast():
                 logits = self.forward(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
@@ -418,10 +590,11 @@ class Trainer:
             n += y.shape[0]
         self.sync()
         self.model.train()
+        seconds_key = "eval_seconds" if prefix == "test" else f"{prefix}_seconds"
         return {
-            "test_loss": loss_sum.item() / n,
-            "test_acc": correct.item() / n,
-            "eval_seconds": time.perf_counter() - start,
+            f"{prefix}_loss": loss_sum.item() / n,
+            f"{prefix}_acc": correct.item() / n,
+            seconds_key: time.perf_counter() - start,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -509,7 +682,8 @@ def run(
 
     engine = trainer.engine
     if engine is not None and hasattr(engine, "is_update_step"):
-        steps = range(args.update_every, trainer.total_steps + 1, args.update_every)
+        every = trainer.update_every_steps
+        steps = range(every, trainer.total_steps + 1 - trainer.engine_lag, every)
         if not any(engine.is_update_step(t) for t in steps):
             warn(
                 f"--method {args.method} will never change the topology in this run: no update step within "
@@ -563,10 +737,16 @@ def run(
         )
 
     wall_clock = record["epochs"][-1]["wall_clock"] if record["epochs"] else 0.0
-    for epoch in range(start_epoch, trainer.num_epochs):
+    # --stop-at-epoch pauses the run there (checkpoint written); --resume continues it.
+    stop_at = getattr(args, "stop_at_epoch", None)
+    end_epoch = trainer.num_epochs if stop_at is None else min(trainer.num_epochs, stop_at)
+    for epoch in range(start_epoch, end_epoch):
         bar = ProgressBar(trainer.steps_per_epoch, prefix=f"epoch {epoch + 1}/{trainer.num_epochs}")
         stats = trainer.train_epoch(epoch, bar)
         stats.update(trainer.evaluate())
+        if trainer.probe_loader is not None:
+            stats.update(trainer.evaluate(trainer.probe_loader, prefix="train_eval"))
+            stats["generalization_gap"] = stats["train_eval_acc"] - stats["test_acc"]
         wall_clock += stats["epoch_seconds"]
         stats = {"epoch": epoch + 1, **stats, "wall_clock": wall_clock}
         record["epochs"].append(stats)
@@ -577,8 +757,11 @@ def run(
             flush=True,
         )
         finished = trainer.step >= trainer.total_steps
-        if args.checkpoint_every and ((epoch + 1) % args.checkpoint_every == 0 or finished):
+        paused = epoch + 1 == end_epoch and not finished
+        if args.checkpoint_every and ((epoch + 1) % args.checkpoint_every == 0 or finished or paused):
             save(epoch + 1, finished)
+        if paused:
+            print(f"paused after epoch {epoch + 1} (--stop-at-epoch); continue with --resume", flush=True)
         # Rewritten every epoch so a crash keeps the curve so far.
         write_json(out / "record.json", _finish(record, trainer, final=False))
     if start_epoch >= trainer.num_epochs:
@@ -723,6 +906,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = str(Path("runs") / f"{args.model}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(args.out)
     data = load_data(args, device)
+    if args.train_fraction < 1.0:
+        from sparsekernels.training.subset import with_train_fraction
+
+        data = with_train_fraction(data, args.train_fraction, args.subset_seed)
     if args.compare:
         run_compare(args, data, device, out)
     else:

@@ -80,12 +80,15 @@ def test_channels_last_forward_matches_nchw():
 
 
 def test_only_conv_bn_linear_hold_weights():
-    """Everything sparsify may convert is a Conv2d or Linear; nothing else but BN has weights."""
+    """Everything sparsify may convert is a Conv2d or Linear; nothing else but BN (and the SET
+    MLP's SReLU, per-unit activation parameters) has weights."""
+    from sparsekernels.models import SReLU
+
     for name in MODELS:
         model = build_model(name, width=0.125)
         for module in model.modules():
             if list(module.parameters(recurse=False)):
-                assert isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)), type(module)
+                assert isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear, SReLU)), type(module)
             if isinstance(module, nn.Conv2d):
                 assert module.bias is None, "BN follows every conv: a bias would be redundant"
 

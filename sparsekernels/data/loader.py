@@ -136,11 +136,17 @@ class DeviceLoader:
             else:
                 idx = order[lo:hi]
                 images, labels = self.split.images[idx], self.split.labels[idx]
-            if self.augment:
-                # Crop and flip on uint8 (a quarter of the bytes of fp32), normalise last:
-                # padded pixels are then black, as with the usual PIL pipeline.
-                images = random_flip(random_crop(images, self.padding, g), g)
-            x = normalize(images, dtype=self.dtype)
+            x = self.transform(images, g)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
+
+    def transform(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One batch: uint8 ``[B, 3, H, W]`` -> ``self.dtype`` ``[B, 3, H, W]`` (augmented when
+        ``self.augment``, random numbers from ``generator``). Subclasses change the pipeline
+        here (e.g. :class:`sparsekernels.data.augment.SetLoader`)."""
+        if self.augment:
+            # Crop and flip on uint8 (a quarter of the bytes of fp32), normalise last:
+            # padded pixels are then black, as with the usual PIL pipeline.
+            images = random_flip(random_crop(images, self.padding, generator), generator)
+        return normalize(images, dtype=self.dtype)

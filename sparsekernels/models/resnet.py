@@ -147,7 +147,7 @@ def resnet18(num_classes: int = 10, width: float = 1) -> ResNet:
     return ResNet(channels, [2, 2, 2, 2], channels[0], num_classes)
 
 
-MODELS: dict[str, Callable[..., ResNet]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
@@ -155,8 +155,9 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def build_model(name: str, num_classes: int = 10, width: float = 1) -> ResNet:
-    """A dense model by name (one of :data:`MODELS`)."""
+def build_model(name: str, num_classes: int = 10, width: float = 1, **options) -> nn.Module:
+    """A dense model by name (one of :data:`MODELS`); ``options`` go to its builder (e.g. the
+    MLP's ``hidden``/``activation``/``dropout``)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}; got {name!r}")
-    return MODELS[name](num_classes=num_classes, width=width)
+    return MODELS[name](num_classes=num_classes, width=width, **options)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-SCHEDULES = ("one-cycle", "cosine")
+SCHEDULES = ("one-cycle", "cosine", "constant")
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -32,6 +32,8 @@ def build_scheduler(
     ``"one-cycle"``: :class:`torch.optim.lr_scheduler.OneCycleLR` (cosine annealing, warm-up over
     the first 30 %; momentum is left alone so AdamW and SGD behave alike).
     ``"cosine"``: linear warm-up over ``warmup_steps``, then cosine decay to zero.
+    ``"constant"``: linear warm-up over ``warmup_steps``, then the peak lr to the end (SET's
+    plain SGD).
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be positive; got {total_steps}")
@@ -41,4 +43,7 @@ def build_scheduler(
     if name == "cosine":
         warmup = min(max(0, int(warmup_steps)), total_steps)
         return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total_steps, warmup))
+    if name == "constant":
+        warmup = min(max(0, int(warmup_steps)), total_steps)
+        return LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else 1.0)
     raise ValueError(f"schedule must be one of {SCHEDULES}; got {name!r}")

@@ -1,0 +1,411 @@
+"""Resumable queue of the long CIFAR-10 science runs of issue 15 (SET reproduction, DST claims).
+
+One command runs, or continues, the whole queue::
+
+    cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 python benchmarks/science/run_queue.py \\
+        >> /work/science-runs/queue.log 2>&1 &
+
+It writes its own PID to ``--pid-file`` (default ``/work/science.pid``) and refuses to start
+while another queue holds ``<runs-root>/queue.lock``.
+
+Every run checkpoints after every epoch under ``--runs-root`` (outside the repository). The
+queue walks :data:`PLAN` in order; each entry says how many epochs a run must have done. A
+run already at that count is skipped; an unfinished one continues from its latest checkpoint
+(``--resume``; the data order, dropout masks, augmentation and topology updates continue
+bit-identically), a new one starts. A plan entry below a run's total epochs pauses it there
+(``--stop-at-epoch``) so the important runs advance first; a later entry continues it.
+
+The training runs *in this process* (``sparsekernels.train.main``), one at a time with one
+torch thread, so SIGSTOP/SIGCONT of this process pauses and resumes all work. A background
+thread, every ``POLL_SECONDS``: keeps only the newest ``KEEP_CHECKPOINTS`` checkpoints of each
+run (a dense checkpoint is ~160 MB), copies each run's ``record.json`` to
+``benchmarks/results/cpu-amd-epyc/science/<run>/`` and rewrites ``RUNS.md`` there (command,
+status, epochs done, seconds per epoch).
+
+Options: ``--list`` prints the plan and the state of every run; ``--only NAME[,NAME]`` runs
+just those; ``--once`` stops after the first plan entry that did work (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's package
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results" / "cpu-amd-epyc" / "science"
+RUNS_ROOT = Path("/work/science-runs")
+DATA_DIR = Path("/work/data/cifar10")
+PID_FILE = Path("/work/science.pid")
+POLL_SECONDS = 60
+KEEP_CHECKPOINTS = 2
+CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt$")
+
+# The SET reference setup (Mocanu et al. 2018, Keras CIFAR-10 MLP): batch 100, plain SGD
+# lr 0.01 momentum 0.9, no weight decay, constant lr, SReLU + dropout 0.3, per-pixel
+# standardisation + rotation/shift/flip augmentation. --eval-train measures the training
+# accuracy without augmentation on 10,000 fixed training images (the generalisation gap).
+COMMON = [
+    "--model", "set-mlp", "--device", "cpu", "--batch-size", "100", "--optimizer", "sgd", "--lr", "0.01",
+    "--weight-decay", "0", "--no-nesterov", "--schedule", "constant", "--warmup-epochs", "0",
+    "--augment", "set", "--activation", "srelu", "--dropout", "0.3", "--backend", "native",
+    "--eval-train", "10000", "--checkpoint-every", "1",
+]  # fmt: skip
+WIDE = ["--hidden", "4096,1024,4096"]  # blocks 16 and 32 divide these sizes; 4000/1000 only block 8
+
+
+def sparse(method: str, block: int, update_every_epochs: int = 1) -> list[str]:
+    """ER ε = 20 layer densities (1.15/2.5/2.5 %, output dense) and, for a dynamic method, SET's
+    schedule: ζ = 0.3 of each layer's blocks pruned and regrown after every epoch (constant)."""
+    args = ["--distribution", "er", "--er-epsilon", "20", "--block-size", str(block), "--method", method]
+    if method != "static":
+        args += [
+            "--update-every", str(update_every_epochs), "--update-unit", "epoch", "--update-fraction", "0.3",
+            "--update-schedule", "constant", "--stop-after", "1.0",
+        ]  # fmt: skip
+    return args
+
+
+def _runs() -> dict[str, dict]:
+    """name -> {"args": CLI arguments without --data-dir/--out/--resume, "epochs": total}."""
+    runs: dict[str, dict] = {}
+    for seed in (0, 1):
+        s = ["--seed", str(seed)]
+        runs[f"set-b8-s{seed}"] = {"args": sparse("set", 8) + s, "epochs": 200}
+        runs[f"dense-s{seed}"] = {"args": s, "epochs": 200}
+        runs[f"static-b8-s{seed}"] = {"args": sparse("static", 8) + s, "epochs": 200}
+        for block in (16, 32):
+            runs[f"set-b{block}-s{seed}"] = {"args": WIDE + sparse("set", block) + s, "epochs": 200}
+        # Diagnostics of the block structure on the exact architecture: block 4, and block 1
+        # (unstructured, as the published SET; ~0.5 s per step on one core, slower than dense).
+        for block in (4, 1):
+            runs[f"set-b{block}-s{seed}"] = {"args": sparse("set", block) + s, "epochs": 200}
+        for method in ("evolutionary", "evolutionary-gradient", "rigl"):
+            runs[f"{method}-b8-s{seed}"] = {"args": sparse(method, 8) + s, "epochs": 200}
+    # Fewer training samples: a fixed class-balanced subset, epochs scaled by 1/f so the
+    # optimizer takes as many steps as 100 full-data epochs, updates every 1/f epochs so the
+    # topology changes as often per step as in the full-data runs.
+    for fraction, scale in ((0.1, 10), (0.25, 4)):
+        f = ["--train-fraction", str(fraction), "--seed", "0"]
+        runs[f"dense-f{fraction}-s0"] = {"args": f, "epochs": 100 * scale}
+        for method in ("set", "evolutionary", "evolutionary-gradient"):
+            runs[f"{method}-b8-f{fraction}-s0"] = {"args": sparse(method, 8, scale) + f, "epochs": 100 * scale}
+    return runs
+
+
+RUNS = _runs()
+
+# (run, epochs it must have done), most important first. Runs are paused at intermediate
+# targets so that every main configuration gets a curve before any is extended.
+PLAN: list[tuple[str, int]] = [
+    ("set-b8-s0", 200),
+    ("dense-s0", 50),
+    ("static-b8-s0", 200),
+    ("set-b16-s0", 200),
+    ("set-b32-s0", 200),
+    ("set-b4-s0", 200),
+    ("evolutionary-b8-s0", 200),
+    ("evolutionary-gradient-b8-s0", 200),
+    ("rigl-b8-s0", 200),
+    ("set-b1-s0", 50),
+    *[(f"{m}-f{f}-s0", RUNS[f"{m}-f{f}-s0"]["epochs"]) for f in (0.1, 0.25) for m in
+      ("set-b8", "dense", "evolutionary-b8", "evolutionary-gradient-b8")],
+    ("set-b8-s1", 200),
+    ("dense-s1", 50),
+    ("static-b8-s1", 200),
+    ("evolutionary-b8-s1", 200),
+    ("evolutionary-gradient-b8-s1", 200),
+    ("rigl-b8-s1", 200),
+    ("dense-s0", 100),
+    ("dense-s1", 100),
+    ("dense-s0", 200),
+    ("set-b16-s1", 200),
+    ("set-b32-s1", 200),
+    ("dense-s1", 200),
+    ("set-b1-s0", 200),
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- state of a run
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the run's checkpoints, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT.search(p.name))]
+    return sorted(found)
+
+
+def epochs_done(folder: Path) -> int:
+    """Epochs covered by the newest checkpoint (0 without one)."""
+    found = checkpoints(folder)
+    return found[-1][0] if found else 0
+
+
+def prune_checkpoints(folder: Path, keep: int = KEEP_CHECKPOINTS) -> None:
+    """Delete all but the newest ``keep`` checkpoints (finished writes only; ``.tmp`` files are
+    the one being written)."""
+    for _, path in checkpoints(folder)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def command(name: str, runs_root: Path, data_dir: Path) -> list[str]:
+    """The CLI arguments of run ``name`` (without --resume/--stop-at-epoch)."""
+    run = RUNS[name]
+    return [*COMMON, *run["args"], "--epochs", str(run["epochs"]), "--data-dir", str(data_dir),
+            "--out", str(runs_root / name)]  # fmt: skip
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- the run log
+class Log:
+    """RUNS.md, the copied records and the checkpoint pruning, refreshed by a thread."""
+
+    def __init__(self, runs_root: Path, data_dir: Path, results: Path, plan: list[tuple[str, int]]) -> None:
+        self.runs_root, self.data_dir, self.results, self.plan = runs_root, data_dir, results, plan
+        self.state_file = runs_root / "queue-state.json"
+        self.current: str | None = None
+        self.lock = threading.Lock()
+        self.state = self._load_state()
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {"failed": {}}
+
+    def fail(self, name: str, message: str) -> None:
+        with self.lock:
+            self.state["failed"][name] = message
+            self._save_state()
+
+    def clear_failure(self, name: str) -> None:
+        with self.lock:
+            if self.state["failed"].pop(name, None) is not None:
+                self._save_state()
+
+    def _save_state(self) -> None:
+        self.runs_root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_file)
+
+    def refresh(self) -> None:
+        with self.lock:
+            names = list(dict.fromkeys(n for n, _ in self.plan))
+            for name in names:
+                folder = self.runs_root / name
+                prune_checkpoints(folder)
+                src = folder / "record.json"
+                if src.is_file():
+                    dst = self.results / name / "record.json"
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
+                        shutil.copy2(src, dst)
+            self._write_runs_md(names)
+
+    def _write_runs_md(self, names: list[str]) -> None:
+        targets: dict[str, int] = {}
+        for name, target in self.plan:
+            targets[name] = max(targets.get(name, 0), target)
+        rows = []
+        for name in names:
+            folder = self.runs_root / name
+            done = epochs_done(folder)
+            total = RUNS[name]["epochs"]
+            record = read_record(folder) or {}
+            epochs = record.get("epochs") or []
+            steady = epochs[1:] if len(epochs) > 1 else epochs
+            sec = sum(e["epoch_seconds"] for e in steady) / len(steady) if steady else None
+            cpu = [e["epoch_cpu_seconds"] for e in steady if "epoch_cpu_seconds" in e]
+            ev = [e.get("eval_seconds", 0) + e.get("train_eval_seconds", 0) for e in steady]
+            last = epochs[-1]["test_acc"] if epochs else None
+            best = max((e["test_acc"] for e in epochs), default=None)
+            if name == self.current:
+                status = "running"
+            elif name in self.state["failed"]:
+                status = "failed (see queue.log)"
+            elif done >= total:
+                status = "done"
+            elif done > 0:
+                status = "paused"
+            else:
+                status = "pending"
+            cells = [
+                name,
+                status,
+                f"{done} / {total} (plan: {targets[name]})",
+                f"{sec:.1f}" if sec is not None else "-",
+                f"{sum(cpu) / len(cpu):.1f}" if cpu else "-",
+                f"{sum(ev) / len(ev):.1f}" if ev else "-",
+                f"{100 * last:.2f}" if last is not None else "-",
+                f"{100 * best:.2f}" if best is not None else "-",
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+        commands = [
+            f"* `{name}`: `python -m sparsekernels.train {shlex.join(command(name, self.runs_root, self.data_dir))}`"
+            for name in names
+        ]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        text = "\n".join(
+            [
+                "# Science runs (issue 15): run log",
+                "",
+                f"Written by `benchmarks/science/run_queue.py`; last update {now}. Checkpoints and per-run logs live",
+                f"in `{self.runs_root}/` (outside the repository); records are copied to this folder.",
+                "Resume the whole queue (skips finished runs, continues unfinished ones bit-identically):",
+                "",
+                "```bash",
+                "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
+                "benchmarks/science/run_queue.py >> /work/science-runs/queue.log 2>&1 &",
+                "# it writes its PID to /work/science.pid (SIGSTOP/SIGCONT that PID to pause/resume all work)",
+                "```",
+                "",
+                "Conditions: 2-core AMD EPYC shared with other jobs, one torch thread, `nice -n 19`, fp32, native",
+                "backend. s/epoch is training wall-clock only (evaluation excluded), mean over epochs after the",
+                "first; on this shared machine it varies with the load and includes SIGSTOP pauses. CPU s/epoch is",
+                "the process CPU time of",
+                "the training steps (one thread): the work done, nearly independent of the load.",
+                "",
+                "| run | status | epochs done / total (plan) | train s/epoch | train CPU s/epoch | eval s/epoch "
+                "| test acc % (last) | best % |",
+                "|---|---|---|---|---|---|---|---|",
+                *rows,
+                "",
+                "Commands (each resumes with `--resume <newest checkpoint>`; the queue adds `--stop-at-epoch` for",
+                "plan targets below the total):",
+                "",
+                *commands,
+                "",
+            ]
+        )
+        self.results.mkdir(parents=True, exist_ok=True)
+        tmp = self.results / "RUNS.md.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.results / "RUNS.md")
+
+
+def _poll(log: Log, stop: threading.Event) -> None:
+    while not stop.wait(POLL_SECONDS):
+        try:
+            log.refresh()
+        except Exception:  # the log must never kill the queue
+            traceback.print_exc()
+
+
+# ----------------------------------------------------------------------------- main
+def wait_for_data(data_dir: Path) -> None:
+    marker = data_dir / "cifar-10-batches-py" / "test_batch"
+    while not marker.is_file():
+        print(f"waiting for {marker} ...", flush=True)
+        time.sleep(60)
+
+
+def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path) -> bool:
+    """Advance run ``name`` to ``target`` epochs; returns whether it trained anything."""
+    from sparsekernels.train import main as train_main
+
+    folder = runs_root / name
+    total = RUNS[name]["epochs"]
+    target = min(target, total)
+    done = epochs_done(folder)
+    if done >= target:
+        return False
+    argv = command(name, runs_root, data_dir)
+    if target < total:
+        argv += ["--stop-at-epoch", str(target)]
+    if done > 0:
+        argv += ["--resume", str(checkpoints(folder)[-1][1])]
+    print(f"\n=== {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC  {name}: epoch {done} -> {target} ===", flush=True)
+    print("python -m sparsekernels.train " + shlex.join(argv), flush=True)
+    log.current = name
+    log.refresh()
+    try:
+        train_main(argv)
+        log.clear_failure(name)
+    except BaseException as err:  # SystemExit from argparse/resume checks included
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        traceback.print_exc()
+        log.fail(name, f"{type(err).__name__}: {err}")
+    finally:
+        log.current = None
+        log.refresh()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="checkpoints and run folders (outside git)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder holding cifar-10-batches-py")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where records and RUNS.md are written")
+    p.add_argument("--only", default=None, help="comma-separated run names: run only these plan entries")
+    p.add_argument("--list", action="store_true", help="print the plan with each run's state and exit")
+    p.add_argument("--once", action="store_true", help="stop after the first plan entry that trained")
+    p.add_argument("--pid-file", type=Path, default=PID_FILE, help="this process's PID is written here")
+    args = p.parse_args(argv)
+
+    plan = PLAN
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - set(RUNS)
+        if unknown:
+            p.error(f"--only: unknown runs {sorted(unknown)}; known: {sorted(RUNS)}")
+        plan = [(n, t) for n, t in PLAN if n in wanted] or [(n, RUNS[n]["epochs"]) for n in sorted(wanted)]
+    log = Log(args.runs_root, args.data_dir, args.results, plan)
+    if args.list:
+        for name, target in plan:
+            print(
+                f"{name:32s} target {target:5d}  done {epochs_done(args.runs_root / name):5d} / {RUNS[name]['epochs']}"
+            )
+        return 0
+
+    import torch
+
+    torch.set_num_threads(1)  # the machine is shared: one run, one thread
+    args.runs_root.mkdir(parents=True, exist_ok=True)
+    # One queue at a time: two would train the same run into the same folder.
+    lock = open(args.runs_root / "queue.lock", "w")  # held (and locked) for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"another run_queue.py holds {args.runs_root / 'queue.lock'}; not starting a second one", flush=True)
+        return 1
+    # The PID of the process that trains (SIGSTOP/SIGCONT it to pause/resume all work).
+    args.pid_file.write_text(f"{os.getpid()}\n")
+    wait_for_data(args.data_dir)
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll, args=(log, stop), daemon=True)
+    poller.start()
+    try:
+        for name, target in plan:
+            if name in log.state["failed"] and epochs_done(args.runs_root / name) == 0:
+                print(f"{name}: failed before (queue-state.json); trying again", flush=True)
+            if run_entry(name, target, log, args.runs_root, args.data_dir) and args.once:
+                break
+    finally:
+        stop.set()
+        log.refresh()
+    print(f"=== {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC  queue pass complete ===", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

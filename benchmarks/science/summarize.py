@@ -1,0 +1,388 @@
+"""Tables and plots of the issue-15 science runs from whatever records exist (partial or final).
+
+    python benchmarks/science/summarize.py [--results benchmarks/results/cpu-amd-epyc/science]
+
+Reads ``<results>/<run>/record.json`` (copied there by ``run_queue.py``) and writes into
+``<results>``: ``SUMMARY.md`` (the tables) and the plots ``accuracy_vs_epoch.png`` (ours beside
+the published SET, dense and static curves), ``accuracy_vs_wallclock.png``,
+``churn_vs_epoch.png`` and ``train_fraction.png``. Every table says how many epochs each run
+has done; a run that has not reached an epoch shows ``-`` there, never an extrapolation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "cpu-amd-epyc" / "science"
+
+# Test accuracy (%) of the SET authors' Keras runs (Mocanu et al. 2018; their repository's
+# SET-MLP-Keras-Weights-Mask/results), at the epochs quoted in issue 15.
+PUBLISHED_EPOCHS = (10, 50, 100, 200, 500, 1000)
+PUBLISHED = {
+    "set": (42.8, 57.1, 60.8, 66.0, 70.3, 73.3),
+    "dense": (51.3, 60.3, 63.8, 65.7, 69.1, 70.2),
+    "static": (42.3, 55.7, 59.9, 63.8, 67.1, 68.8),
+}
+TABLE_EPOCHS = (1, 10, 50, 100, 200)
+THRESHOLDS = (60.8, 66.0)  # the published SET's epoch-100 and epoch-200 accuracy
+CHURN_SETTLED = 0.01
+RUN_NAME = re.compile(r"^(?P<config>.+?)(?:-f(?P<fraction>[0-9.]+))?-s(?P<seed>\d+)$")
+
+
+def load_records(results: Path) -> dict[str, dict]:
+    records = {}
+    for path in sorted(results.glob("*/record.json")):
+        try:
+            records[path.parent.name] = json.loads(path.read_text())
+        except ValueError:
+            continue
+    return records
+
+
+def parse_name(name: str) -> tuple[str, float, int]:
+    """``set-b8-f0.1-s0`` -> (``"set-b8"``, 0.1, 0); full-data runs have fraction 1.0."""
+    m = RUN_NAME.match(name)
+    if m is None:
+        return name, 1.0, 0
+    return m.group("config"), float(m.group("fraction") or 1.0), int(m.group("seed"))
+
+
+def reference_kind(config: str) -> str | None:
+    """Which published curve a configuration is compared with."""
+    if config == "dense":
+        return "dense"
+    if config.startswith("set-"):
+        return "set"
+    if config.startswith("static-"):
+        return "static"
+    return None
+
+
+def acc_at(record: dict, epoch: int) -> float | None:
+    for e in record["epochs"]:
+        if e["epoch"] == epoch:
+            return 100 * e["test_acc"]
+    return None
+
+
+def first_reaching(record: dict, threshold: float) -> tuple[int, float] | None:
+    """(epoch, training wall-clock s) of the first epoch whose test accuracy is >= threshold %."""
+    for e in record["epochs"]:
+        if 100 * e["test_acc"] >= threshold:
+            return e["epoch"], e["wall_clock"]
+    return None
+
+
+def seconds_per_epoch(record: dict, key: str = "epoch_seconds") -> float | None:
+    """Mean of ``key`` over the epochs after the first (those that have it)."""
+    steady = record["epochs"][1:] or record["epochs"]
+    values = [e[key] for e in steady if e.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def cpu_hours(record: dict) -> list[float] | None:
+    """Cumulative training CPU time (h) per epoch, or None when an epoch lacks it."""
+    if not record["epochs"] or any(e.get("epoch_cpu_seconds") is None for e in record["epochs"]):
+        return None
+    total, out = 0.0, []
+    for e in record["epochs"]:
+        total += e["epoch_cpu_seconds"]
+        out.append(total / 3600)
+    return out
+
+
+def churn_by_epoch(record: dict) -> list[tuple[float, float]]:
+    """(epoch after which the update happened, churn) per topology update."""
+    history = record.get("structure_history") or []
+    spe = record["steps_per_epoch"]
+    return [(h["step"] / spe, h["churn"]) for h in history if "churn" in h]
+
+
+def settled_epoch(series: list[tuple[float, float]], level: float = CHURN_SETTLED) -> float | None:
+    """The epoch after which every later update's churn stays below ``level`` (None: never yet)."""
+    if not series or series[-1][1] >= level:
+        return None
+    for i in range(len(series) - 1, -1, -1):
+        if series[i][1] >= level:
+            return series[i + 1][0]
+    return series[0][0]
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def mean_spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {(max(values) - min(values)) / 2:.2f} ({len(values)} seeds)"
+
+
+def status(record: dict) -> str:
+    total = record["total_steps"] // record["steps_per_epoch"]
+    return f"{len(record['epochs'])}/{total}" + (
+        "" if record.get("steps_done") == record["total_steps"] else " partial"
+    )
+
+
+# ----------------------------------------------------------------------------- tables
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def summary_markdown(records: dict[str, dict]) -> str:
+    full = {n: r for n, r in records.items() if parse_name(n)[1] == 1.0}
+    fractional = {n: r for n, r in records.items() if parse_name(n)[1] < 1.0}
+    partial = any(r.get("steps_done") != r["total_steps"] for r in records.values())
+    dense_spe = [seconds_per_epoch(r, "epoch_cpu_seconds") for n, r in full.items() if parse_name(n)[0] == "dense"]
+    dense_spe = [s for s in dense_spe if s]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Science runs (issue 15): summary" + (" — PARTIAL RESULTS" if partial else ""),
+        "",
+        f"Generated {now} by `benchmarks/science/summarize.py` from the records in this folder.",
+        "Runs still in progress are marked *partial*: their numbers cover the epochs done so far only.",
+        "Published numbers: the SET authors' Keras runs (Mocanu et al. 2018), as quoted in issue 15.",
+        "",
+        "## Test accuracy (%) at equal epochs vs the published curves",
+        "",
+    ]
+    header = ["run", "epochs", *[f"ep {e}" for e in TABLE_EPOCHS], "published (10/50/100/200)", "best", "s/epoch",
+              "CPU s/epoch", "CPU speed vs dense"]  # fmt: skip
+    rows = []
+    for name, r in sorted(full.items()):
+        config = parse_name(name)[0]
+        kind = reference_kind(config)
+        pub = "/".join(f"{v:.1f}" for v in PUBLISHED[kind][:4]) if kind else "-"
+        spe, cpu = seconds_per_epoch(r), seconds_per_epoch(r, "epoch_cpu_seconds")
+        speed = f"{statistics.mean(dense_spe) / cpu:.1f}×" if cpu and dense_spe else "-"
+        best = max((100 * e["test_acc"] for e in r["epochs"]), default=None)
+        rows.append([name, status(r), *[fmt(acc_at(r, e), 2) for e in TABLE_EPOCHS], pub, fmt(best, 2), fmt(spe),
+                     fmt(cpu), speed])  # fmt: skip
+    lines += table(header, rows)
+    lines += [
+        "",
+        "s/epoch: training wall-clock per epoch (evaluation excluded), mean over the epochs after the first, one",
+        "torch thread, `nice -n 19` on a shared 2-core machine: it varies with the load and includes SIGSTOP",
+        "pauses. CPU s/epoch: process CPU time of the training steps (the work done, nearly load-independent);",
+        "the speed vs dense is the ratio of CPU s/epoch.",
+        "",
+        "## Difference to the published curve (points; the bar is |Δ| ≤ 1.5 at epochs 50, 100, 200)",
+        "",
+    ]
+    rows = []
+    for name, r in sorted(full.items()):
+        kind = reference_kind(parse_name(name)[0])
+        if kind is None:
+            continue
+        cells = []
+        for e in (10, 50, 100, 200):
+            ours = acc_at(r, e)
+            pub = PUBLISHED[kind][PUBLISHED_EPOCHS.index(e)]
+            cells.append("-" if ours is None else f"{ours - pub:+.2f}")
+        rows.append([name, kind, *cells])
+    lines += table(["run", "published curve", "Δ ep 10", "Δ ep 50", "Δ ep 100", "Δ ep 200"], rows)
+
+    lines += ["", "## Seeds: mean ± half-range of the test accuracy (%)", ""]
+    by_config: dict[str, list[dict]] = {}
+    for name, r in full.items():
+        by_config.setdefault(parse_name(name)[0], []).append(r)
+    rows = []
+    for config, rs in sorted(by_config.items()):
+        cells = []
+        for e in (10, 50, 100, 200):
+            vals = [v for v in (acc_at(r, e) for r in rs) if v is not None]
+            cells.append(mean_spread(vals))
+        rows.append([config, *cells])
+    lines += table(["config", "ep 10", "ep 50", "ep 100", "ep 200"], rows)
+
+    lines += ["", "## Convergence: first epoch (and training wall-clock) reaching the published SET's accuracy", ""]
+    rows = []
+    for name, r in sorted(full.items()):
+        cells = []
+        hours = cpu_hours(r)
+        for t in THRESHOLDS:
+            hit = first_reaching(r, t)
+            if hit is None:
+                cells.append(f"not yet ({len(r['epochs'])} ep)")
+            elif hours is not None:
+                cells.append(f"epoch {hit[0]} ({hours[hit[0] - 1]:.2f} CPU h)")
+            else:
+                cells.append(f"epoch {hit[0]} ({hit[1] / 3600:.2f} h wall)")
+        rows.append([name, *cells])
+    lines += table(["run", f"≥ {THRESHOLDS[0]} % (SET ep 100)", f"≥ {THRESHOLDS[1]} % (SET ep 200)"], rows)
+
+    lines += ["", f"## Structure: mask churn per update; epoch after which it stays below {CHURN_SETTLED:.0%}", ""]
+    rows = []
+    for name, r in sorted(records.items()):
+        series = churn_by_epoch(r)
+        if not series:
+            continue
+        settled = settled_epoch(series)
+        ever = (r.get("structure_history") or [{}])[-1].get("layers", {})
+        ever_active = statistics.mean(v["ever_active"] for v in ever.values()) if ever else None
+        rows.append([name, str(len(series)), f"{series[0][1]:.3f}", f"{series[-1][1]:.3f}",
+                     fmt(settled, 0) if settled is not None else "not yet", fmt(ever_active, 3)])  # fmt: skip
+    lines += table(["run", "updates", "first churn", "last churn", "settled after epoch", "ever active (mean)"], rows)
+    lines += ["", "SET's churn is ζ = 0.3 at every update by construction (constant schedule, no adaptation)."]
+
+    lines += ["", "## Fewer training samples (--train-fraction; epochs × fraction = 100 full-data epochs)", ""]
+    rows = []
+    for name, r in sorted(fractional.items()):
+        last = r["epochs"][-1] if r["epochs"] else None
+        best = max((100 * e["test_acc"] for e in r["epochs"]), default=None)
+        gap = last.get("generalization_gap") if last else None
+        rows.append([name, status(r), fmt(100 * last["test_acc"], 2) if last else "-", fmt(best, 2),
+                     fmt(100 * gap, 2) if gap is not None else "-"])  # fmt: skip
+    if rows:
+        lines += table(["run", "epochs", "test acc % (last)", "best %", "gap (train_eval − test, points)"], rows)
+    else:
+        lines += ["No train-fraction run has a record yet."]
+    lines += [
+        "",
+        "## Generalisation gap of the full-data runs (points, last epoch done)",
+        "",
+        "Gap = accuracy on 10,000 fixed training images (eval mode, no augmentation) minus test accuracy.",
+        "",
+    ]
+    rows = []
+    for name, r in sorted(full.items()):
+        last = r["epochs"][-1] if r["epochs"] else None
+        if last and last.get("generalization_gap") is not None:
+            rows.append([name, str(last["epoch"]), fmt(100 * last["train_eval_acc"], 2), fmt(100 * last["test_acc"], 2),
+                         fmt(100 * last["generalization_gap"], 2)])  # fmt: skip
+    lines += table(["run", "epoch", "train (eval) %", "test %", "gap"], rows)
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_epoch(records: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    for name, r in sorted(records.items()):
+        if parse_name(name)[1] < 1.0 or not r["epochs"]:
+            continue
+        ax.plot([e["epoch"] for e in r["epochs"]], [100 * e["test_acc"] for e in r["epochs"]], label=name, lw=1.2)
+    for kind, marker in (("set", "o"), ("dense", "s"), ("static", "^")):
+        ax.plot(PUBLISHED_EPOCHS, PUBLISHED[kind], ls="--", marker=marker, color="k", alpha=0.5, lw=0.8,
+                label=f"published {kind} (Mocanu et al.)")  # fmt: skip
+    longest = max((len(r["epochs"]) for r in records.values()), default=10)
+    ax.set_xlim(0, max(210, longest + 10) if longest <= 200 else longest + 10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    partial = any(r.get("steps_done") != r["total_steps"] for r in records.values())
+    ax.set_title("SET-MLP on CIFAR-10: ours (solid) vs published (dashed)" + (" — PARTIAL" if partial else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_wallclock(records: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    for name, r in sorted(records.items()):
+        if parse_name(name)[1] < 1.0 or not r["epochs"]:
+            continue
+        hours = cpu_hours(r)
+        if hours is not None:
+            ax.plot(hours, [100 * e["test_acc"] for e in r["epochs"]], label=name)
+    for t in THRESHOLDS:
+        ax.axhline(t, color="k", ls=":", lw=0.8)
+    # CPU time, not wall-clock: on the shared machine wall-clock measures the load and pauses.
+    ax.set_xlabel("training CPU time (h, one thread, evaluation excluded; 2-core AMD EPYC)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_churn(records: dict[str, dict], path: Path) -> bool:
+    series = {n: churn_by_epoch(r) for n, r in sorted(records.items())}
+    series = {n: s for n, s in series.items() if s}
+    if not series:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for name, s in series.items():
+        ax.plot([x for x, _ in s], [y for _, y in s], marker=".", ms=3, label=name)
+    ax.axhline(CHURN_SETTLED, color="k", ls=":", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (update after it)")
+    ax.set_ylabel("mask churn (fraction of active blocks replaced)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_train_fraction(records: dict[str, dict], path: Path) -> bool:
+    """Bars of test accuracy per training fraction: fractional runs at their last epoch done,
+    full-data runs of the same configurations at epoch 100 (the same number of steps)."""
+    configs_with_fractions = {parse_name(n)[0] for n in records if parse_name(n)[1] < 1.0}
+    groups: dict[float, dict[str, float]] = {}
+    for name, r in records.items():
+        config, fraction, seed = parse_name(name)
+        if not r["epochs"] or config not in configs_with_fractions or seed != 0:
+            continue
+        acc = 100 * r["epochs"][-1]["test_acc"] if fraction < 1.0 else acc_at(r, 100)
+        if acc is not None:
+            groups.setdefault(fraction, {})[config] = acc
+    if not any(f < 1.0 for f in groups):
+        return False
+    plt = _pyplot()
+    configs = sorted({c for g in groups.values() for c in g})
+    fractions = sorted(groups)
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    width = 0.8 / max(1, len(configs))
+    for i, c in enumerate(configs):
+        xs = [j + i * width for j, f in enumerate(fractions) if c in groups[f]]
+        ys = [groups[f][c] for f in fractions if c in groups[f]]
+        ax.bar(xs, ys, width, label=c)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(fractions))], [f"{f:g}" for f in fractions])
+    ax.set_xlabel("fraction of the training set (last epoch done; partial runs included)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Tables and plots of the issue-15 science runs.")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    records = load_records(args.results)
+    if not records:
+        print(f"no records under {args.results}/*/record.json")
+        return 1
+    (args.results / "SUMMARY.md").write_text(summary_markdown(records))
+    plot_accuracy_vs_epoch(records, args.results / "accuracy_vs_epoch.png")
+    plot_accuracy_vs_wallclock(records, args.results / "accuracy_vs_wallclock.png")
+    plot_churn(records, args.results / "churn_vs_epoch.png")
+    plot_train_fraction(records, args.results / "train_fraction.png")
+    print(f"wrote {args.results / 'SUMMARY.md'} and plots for {len(records)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,525 @@
+"""The SET MLP, its data pipeline, ε-densities, per-epoch updates, training subsets and the
+science queue runner (issue 15). Small shapes, synthetic data, CPU, one thread."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsekernels import train
+from sparsekernels.data.augment import (
+    SetLoader,
+    affine_theta,
+    apply_affine,
+    pixel_statistics,
+    random_affine,
+    set_loaders,
+    standardize,
+)
+from sparsekernels.data.cifar10 import Split, synthetic_cifar10
+from sparsekernels.models import SReLU, build_model, set_mlp
+from sparsekernels.models.mlp import parse_hidden
+from sparsekernels.nn import SparseLinear, sparsify
+from sparsekernels.ops.backends import native_available
+from sparsekernels.training.checkpoint import load_checkpoint
+from sparsekernels.training.er import er_candidates, er_density, er_epsilon_density
+from sparsekernels.training.schedules import build_scheduler
+from sparsekernels.training.subset import balanced_indices, balanced_subset, probe_subset
+from tests.helpers import assert_close
+
+# A small SET MLP (3072-64-32-64-10) on 600 synthetic images: 6 steps of batch 100 per epoch.
+SMALL = [
+    *("--model", "set-mlp", "--hidden", "64,32,64", "--synthetic", "--synthetic-size", "600", "--device", "cpu"),
+    *("--batch-size", "100", "--lr", "0.01", "--weight-decay", "0", "--no-nesterov", "--schedule", "constant"),
+    *("--warmup-epochs", "0", "--augment", "set", "--backend", "reference"),
+]
+SET_UPDATES = [
+    *("--distribution", "er", "--er-epsilon", "4", "--block-size", "8", "--method", "set", "--update-every", "1"),
+    *("--update-unit", "epoch", "--update-fraction", "0.3", "--update-schedule", "constant", "--stop-after", "1.0"),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_record(folder: Path) -> dict:
+    return json.loads((folder / "record.json").read_text())
+
+
+# ----------------------------------------------------------------------------- SReLU and the MLP
+def srelu_reference(x, t_l, a_l, r, a_r):
+    """The SReLU piecewise definition, elementwise in float64."""
+    t_r = t_l + r.abs()
+    return torch.where(x < t_l, t_l + a_l * (x - t_l), torch.where(x > t_r, t_r + a_r * (x - t_r), x))
+
+
+def test_srelu_matches_its_piecewise_definition_and_gradients():
+    act = SReLU(16).double()
+    with torch.no_grad():  # thresholds apart and slopes away from 1, so every piece is exercised
+        act.t_left.uniform_(-1.0, -0.2)
+        act.a_left.uniform_(0.1, 0.9)
+        act.t_right.uniform_(0.3, 1.0)
+        act.a_right.uniform_(1.5, 2.5)
+    x = 3 * torch.randn(64, 16, dtype=torch.float64)
+    expected = srelu_reference(x, act.t_left, act.a_left, act.t_right, act.a_right)
+    assert_close(act(x), expected)
+    t_r = act.t_left + act.t_right.abs()
+    assert (x < act.t_left).any() and (x > t_r).any() and ((x > act.t_left) & (x < t_r)).any()
+    # Gradients of the input and of all four parameters against autograd of the definition.
+    x.requires_grad_(True)
+    act(x).sum().backward()
+    ref_params = [p.detach().clone().requires_grad_() for p in (act.t_left, act.a_left, act.t_right, act.a_right)]
+    xr = x.detach().clone().requires_grad_()
+    srelu_reference(xr, *ref_params).sum().backward()
+    assert_close(x.grad, xr.grad)
+    for p, q in zip((act.t_left, act.a_left, act.t_right, act.a_right), ref_params):
+        assert_close(p.grad, q.grad)
+
+
+def test_dropout_zeroes_a_fraction_p_scales_the_rest_and_is_identity_in_eval():
+    from sparsekernels.models.mlp import Dropout
+
+    drop = Dropout(0.3)
+    x = torch.rand(200, 500) + 0.5
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.01
+    assert_close(y[kept], (x / 0.7)[kept])
+    x.requires_grad_(True)
+    drop(x).sum().backward()  # gradient: the same mask and scale
+    assert torch.equal(x.grad == 0, ~kept) or ((x.grad == 0).float().mean() - 0.3).abs() < 0.01
+    assert torch.allclose(x.grad[x.grad != 0], torch.tensor(1 / 0.7))
+    drop.eval()
+    assert drop(x) is x and isinstance(drop, nn.Dropout)
+
+
+def test_srelu_init_and_errors():
+    act = SReLU(4000)
+    assert torch.equal(act.t_left, torch.zeros(4000)) and torch.equal(act.a_right, torch.ones(4000))
+    assert 0 <= act.a_left.min() and act.a_left.max() <= 1 and act.a_left.std() > 0.2
+    bound = math.sqrt(3 / math.sqrt(4000))
+    assert act.t_right.abs().max() <= bound and act.t_right.abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="num_features"):
+        SReLU(0)
+    with pytest.raises(ValueError, match="16 features"):
+        SReLU(16)(torch.zeros(2, 8))
+
+
+def test_set_mlp_architecture_and_keras_like_init():
+    model = set_mlp()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(4000, 3072), (1000, 4000), (4000, 1000), (10, 4000)]
+    assert sum(isinstance(m, SReLU) for m in model.modules()) == 3
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3] * 3
+    for m in linears:  # Glorot-uniform over the dense shape, zero bias
+        out_f, in_f = m.weight.shape
+        bound = math.sqrt(6 / (in_f + out_f))
+        assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.99 * bound
+        assert torch.equal(m.bias, torch.zeros(out_f))
+    relu = set_mlp(hidden="64,32", activation="relu", dropout=0.0, width=0.5)
+    assert [m.out_features for m in relu.modules() if isinstance(m, nn.Linear)] == [32, 16, 10]
+    assert not any(isinstance(m, (SReLU, nn.Dropout)) for m in relu.modules())
+    assert relu(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    assert isinstance(build_model("set-mlp", hidden=(8,)), nn.Module)
+    with pytest.raises(ValueError, match="hidden sizes"):
+        parse_hidden("4000,x")
+    with pytest.raises(ValueError, match="activation"):
+        set_mlp(activation="gelu")
+    with pytest.raises(ValueError, match="dropout"):
+        set_mlp(dropout=1.0)
+
+
+@pytest.mark.skipif(not native_available(), reason="native extension not built")
+def test_block8_sparse_linear_on_native_backend_matches_float64():
+    layer = SparseLinear(64, 48, density=0.3, block_size=8)
+    layer.backend = "native"
+    x = torch.randn(20, 64, requires_grad=True)
+    y = layer(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    dense = layer.to_dense().double()
+    xd = x.detach().double().requires_grad_()
+    yd = dense(xd)
+    yd.backward(g.double())
+    assert_close(y, yd)
+    assert_close(x.grad, xd.grad)
+    # dW only at active blocks: compare with the dense weight gradient gathered at them.
+    lay = layer.layout
+    rows, cols = lay.row_indices.long(), lay.col_indices.long()
+    dw = dense.weight.grad.reshape(6, 8, 8, 8).permute(0, 2, 1, 3)[rows, cols]
+    assert_close(layer.weight_values.grad, dw)
+
+
+# ----------------------------------------------------------------------------- ER epsilon densities
+def test_er_epsilon_reproduces_set_densities():
+    with torch.device("meta"):
+        model = set_mlp()
+    names = [n for n, _ in er_candidates(model, 8)]
+    assert names == ["layers.0", "layers.3", "layers.6"]  # output layer stays dense
+    expected = {"layers.0": 20 * 7072 / (3072 * 4000), "layers.3": 20 * 5000 / 4e6, "layers.6": 20 * 5000 / 4e6}
+    assert abs(expected["layers.0"] - 0.011510) < 1e-6 and expected["layers.3"] == 0.025
+    from sparsekernels.nn.sparsify import layer_densities
+
+    shapes = [s for _, s in er_candidates(model, 8)]
+    got = layer_densities(shapes, er_epsilon_density(model, 20, 8), "er")
+    assert got == pytest.approx(list(expected.values()), rel=1e-12)
+    # Blocks 16/32 cut 4000 but not 1000: only 4096-1024-4096 is sparse in every hidden layer there.
+    with torch.device("meta"):
+        wide = set_mlp(hidden="4096,1024,4096")
+    assert [n for n, _ in er_candidates(model, 16)] == [n for n, _ in er_candidates(model, 32)] == ["layers.0"]
+    assert len(er_candidates(wide, 16)) == 3 and len(er_candidates(wide, 32)) == 3
+    with pytest.raises(ValueError, match="block size 64"):
+        er_epsilon_density(model, 20, 64)
+
+
+def test_er_epsilon_through_sparsify_gives_eps_densities_within_a_block():
+    model = set_mlp(hidden="256,64,256")
+    eps = 10
+    density = er_epsilon_density(model, eps, 8)
+    summary = sparsify(model, density=density, block_size=8, distribution="er", backend="reference")
+    for s in summary.sparse_layers:
+        k, c = s.shape
+        blocks = (k // 8) * (c // 8)
+        assert s.nnz == round(er_density(s.shape, eps) * blocks), s
+    # A layer whose ε-density exceeds 1 is dense in both ways of computing it.
+    small = nn.Sequential(nn.Linear(16, 16), nn.Linear(256, 256), nn.Linear(256, 10))
+    d = er_epsilon_density(small, 10, 8)
+    assert er_density((16, 16), 10) == 1.0
+    assert layer_densities_of(small, d) == pytest.approx([1.0, 10 * 512 / 256**2], rel=1e-12)
+
+
+def layer_densities_of(model: nn.Module, density: float) -> list[float]:
+    from sparsekernels.nn.sparsify import layer_densities
+
+    return layer_densities([s for _, s in er_candidates(model, 8)], density, "er")
+
+
+def test_cli_er_epsilon_sets_the_density_and_checks_its_flags(capsys):
+    args = train.parse_args(["--model", "set-mlp", "--distribution", "er", "--er-epsilon", "20", "--block-size", "8"])
+    params = [3072 * 4000, 4000 * 1000, 1000 * 4000]
+    kept = 20 * 7072 + 20 * 5000 + 20 * 5000
+    assert args.density == pytest.approx(kept / sum(params), rel=1e-12)
+    capsys.readouterr()
+    train.parse_args(["--model", "set-mlp", "--distribution", "er", "--er-epsilon", "20", "--block-size", "16"])
+    assert "layers.3, layers.6" in capsys.readouterr().err  # 1000 is not a multiple of 16: warned
+    for bad, message in (
+        (["--er-epsilon", "20"], "--distribution er"),
+        (["--distribution", "er", "--er-epsilon", "-1"], "--er-epsilon must be positive"),
+        (["--distribution", "er", "--er-epsilon", "20", "--block-size", "64"], "block size 64"),
+        (["--hidden", "12,,x"], "--hidden"),
+        (["--train-fraction", "0"], "--train-fraction"),
+        (["--stop-at-epoch", "3"], "--checkpoint-every"),
+    ):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--model", "set-mlp", "--block-size", "8", *bad])
+        assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- data pipeline
+def test_pixel_statistics_and_standardize_match_numpy():
+    images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8)
+    mean, std = pixel_statistics(images, chunk=64)
+    arr = images.numpy().astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), arr.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), arr.std(0), rtol=1e-5)
+    x = standardize(images, mean, std)
+    assert (
+        x.dtype == torch.float32 and x.mean(0).abs().max() < 1e-4 and (x.std(0, unbiased=False) - 1).abs().max() < 1e-4
+    )
+
+
+def test_affine_rotation_shift_and_mirror_are_exact_on_the_pixel_grid():
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    b = x.shape[0]
+    zero, one = torch.zeros(b, dtype=x.dtype), torch.ones(b, dtype=x.dtype)
+    assert_close(apply_affine(x, affine_theta(zero, zero, zero, one)), x)
+    assert_close(apply_affine(x, affine_theta(zero, zero, zero, -one)), x.flip(3))
+    # 90°: pixel centres map onto pixel centres, so bilinear sampling is a pure permutation.
+    rot = apply_affine(x, affine_theta(torch.full((b,), math.pi / 2, dtype=x.dtype), zero, zero, one))
+    assert any(rel_ok(rot, torch.rot90(x, k, dims=(2, 3))) for k in (1, 3))
+    # A shift by 2 pixels (2/8 of the width = 0.5 in normalised units) with nearest-edge fill.
+    shifted = apply_affine(x, affine_theta(zero, torch.full((b,), 0.5, dtype=x.dtype), zero, one))
+    expected = torch.cat([x[..., 2:], x[..., -1:].expand(-1, -1, -1, 2)], dim=3)
+    assert_close(shifted, expected)
+
+
+def rel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a - b).norm() / b.norm()) < 1e-10)
+
+
+def test_random_affine_ranges_and_reproducibility():
+    x = torch.randn(64, 3, 32, 32)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a, b = random_affine(x, generator=g1), random_affine(x, generator=g2)
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert not torch.equal(a, x)
+    # Without rotation/shift each image is itself or its mirror, both of which occur.
+    same = random_affine(x, 0.0, 0.0, True, torch.Generator().manual_seed(1))
+    plain = [(same[i] - x[i]).abs().max() < 1e-5 for i in range(64)]
+    mirrored = [(same[i] - x[i].flip(2)).abs().max() < 1e-5 for i in range(64)]
+    assert all(p or m for p, m in zip(plain, mirrored)) and 10 < sum(mirrored) < 54
+    with pytest.raises(ValueError, match="float"):
+        random_affine(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+
+
+def test_set_loaders_standardise_with_training_statistics_and_augment_only_training():
+    data = synthetic_cifar10(400, 100, seed=3)
+    train_loader, test_loader = set_loaders(data.train, data.test, 100, seed=7)
+    assert isinstance(train_loader, SetLoader) and train_loader.augment and not test_loader.augment
+    assert torch.equal(train_loader.mean, test_loader.mean)
+    xs = torch.cat([x for x, _ in test_loader])
+    mean, std = pixel_statistics(data.train.images)
+    assert_close(xs, standardize(data.test.images, mean, std))
+    train_loader.set_epoch(2)
+    first = [x.clone() for x, _ in train_loader]
+    train_loader.set_epoch(2)
+    again = [x for x, _ in train_loader]
+    assert len(first) == 4 and all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(ValueError, match="image shape"):
+        SetLoader(data.train, 10, mean=mean[:, :4], std=std, train=True)
+
+
+# ----------------------------------------------------------------------------- subsets
+def test_balanced_subset_is_class_balanced_fixed_and_seeded():
+    labels = torch.arange(1000) % 10
+    labels = labels[torch.randperm(1000)]
+    idx = balanced_indices(labels, 0.1, seed=0)
+    assert torch.equal(torch.bincount(labels[idx], minlength=10), torch.full((10,), 10))
+    assert torch.equal(idx, balanced_indices(labels, 0.1, seed=0)) and torch.equal(idx, idx.sort().values)
+    assert not torch.equal(idx, balanced_indices(labels, 0.1, seed=1))
+    assert torch.equal(balanced_indices(labels, 1.0), torch.arange(1000))
+    split = Split(torch.randint(0, 255, (1000, 3, 4, 4), dtype=torch.uint8), labels)
+    sub = balanced_subset(split, 0.25, seed=2)
+    assert len(sub) == 250 and torch.equal(sub.images, split.images[balanced_indices(labels, 0.25, 2)])
+    probe = probe_subset(split, 100)
+    assert len(probe) == 100 and probe_subset(split, 5000) is split
+    with pytest.raises(ValueError, match="fraction"):
+        balanced_indices(labels, 0.0)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_constant_schedule_keeps_the_lr_after_warmup():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = build_scheduler(opt, "constant", total_steps=20, warmup_steps=4)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01]) and lrs[4:] == pytest.approx([0.01] * 16)
+
+
+# ----------------------------------------------------------------------------- the CLI end to end
+def test_cli_set_run_updates_once_per_epoch_after_evaluation(tmp_path):
+    out = tmp_path / "set"
+    argv = [*SMALL, *SET_UPDATES, "--epochs", "3", "--eval-train", "200", "--checkpoint-every", "1"]
+    assert train.main([*argv, "--out", str(out)]) == 0
+    record = read_record(out)
+    assert record["config"]["update_unit"] == "epoch" and record["steps_per_epoch"] == 6
+    history = record["structure_history"]
+    # Engine steps 6 and 12 are the first steps of epochs 2 and 3 (the engine skips step 1):
+    # no update after the last epoch, none before the first evaluation.
+    assert [h["step"] for h in history] == [6, 12]
+    layers = {s["name"]: s for s in record["sparsity"]["layers"] if s["status"] == "sparse"}
+    for h in history:  # SET: exactly int(0.3 nnz) blocks of every layer pruned and regrown
+        for name, entry in h["layers"].items():
+            assert entry["changed"] == int(0.3 * layers[name]["nnz"])
+    epoch1 = load_checkpoint(out / "checkpoint-epoch001.pt")
+    assert epoch1["trainer"]["engine"]["updates"] == 0
+    assert load_checkpoint(out / "checkpoint-epoch002.pt")["trainer"]["engine"]["updates"] == 1
+    for e in record["epochs"]:  # per-epoch train and test accuracy, and the generalisation gap
+        assert 0 <= e["train_acc"] <= 1 and 0 <= e["test_acc"] <= 1
+        assert 0 < e["epoch_cpu_seconds"] < 10 * e["epoch_seconds"] + 1
+        assert e["generalization_gap"] == pytest.approx(e["train_eval_acc"] - e["test_acc"])
+    opt_groups = epoch1["trainer"]["optimizer"]["param_groups"]
+    assert opt_groups[0]["nesterov"] is False and opt_groups[0]["weight_decay"] == 0
+
+
+def test_cli_paused_and_resumed_run_is_bit_identical(tmp_path):
+    argv = [*SMALL, *SET_UPDATES, "--epochs", "3", "--eval-train", "100", "--checkpoint-every", "1"]
+    argv += ["--train-fraction", "0.5"]
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    assert train.main([*argv, "--out", str(straight)]) == 0
+    assert train.main([*argv, "--out", str(pieces), "--stop-at-epoch", "1"]) == 0
+    assert not (pieces / "checkpoint-epoch002.pt").exists()
+    resume = ["--resume", str(pieces / "checkpoint-epoch001.pt")]
+    assert train.main([*argv, "--out", str(pieces), "--stop-at-epoch", "2", *resume]) == 0
+    assert train.main([*argv, "--out", str(pieces), "--resume", str(pieces / "checkpoint-epoch002.pt")]) == 0
+    a, b = read_record(straight), read_record(pieces)
+    for key in ("train_loss", "train_acc", "test_acc", "test_loss", "train_eval_acc"):
+        assert [e[key] for e in a["epochs"]] == [e[key] for e in b["epochs"]], key
+    assert a["structure_history"] == b["structure_history"]
+    ma = load_checkpoint(straight / "checkpoint-epoch003.pt")["trainer"]["model"]
+    mb = load_checkpoint(pieces / "checkpoint-epoch003.pt")["trainer"]["model"]
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    labels = synthetic_cifar10(600, 150, seed=0).train.labels  # what --synthetic-size 600 --seed 0 trains on
+    assert a["data"]["train_images"] == len(balanced_indices(labels, 0.5, 0)) and 290 <= len(labels) // 2 <= 310
+    assert "class-balanced 0.5" in a["data"]["source"]
+    # Another subset seed is another run: resuming it from this checkpoint is refused.
+    with pytest.raises(SystemExit, match="subset-seed"):
+        train.main([*argv, "--out", str(pieces), "--subset-seed", "1", *resume])
+
+
+def test_cli_static_er_mask_stays_fixed_and_dense_mlp_runs(tmp_path):
+    static = tmp_path / "static"
+    argv = [*SMALL, "--distribution", "er", "--er-epsilon", "4", "--block-size", "8", "--epochs", "2"]
+    assert train.main([*argv, "--checkpoint-every", "1", "--out", str(static)]) == 0
+    first = load_checkpoint(static / "checkpoint-epoch001.pt")["trainer"]["model"]
+    last = load_checkpoint(static / "checkpoint-epoch002.pt")["trainer"]["model"]
+    layout_keys = [k for k in first if "layout" in k]
+    assert layout_keys and all(torch.equal(first[k], last[k]) for k in layout_keys)
+    assert read_record(static)["structure_history"] is None
+    dense = tmp_path / "dense"
+    assert train.main([*SMALL, "--epochs", "1", "--augment", "none", "--activation", "relu", "--out", str(dense)]) == 0
+    record = read_record(dense)
+    assert record["sparsity"] is None and record["parameters"]["total"] == (
+        3072 * 64 + 64 + 64 * 32 + 32 + 32 * 64 + 64 + 64 * 10 + 10
+    )
+
+
+# ----------------------------------------------------------------------------- the queue runner
+def _load_queue():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "run_queue.py"
+    spec = importlib.util.spec_from_file_location("run_queue", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
+    q = _load_queue()
+    assert q.PLAN[0] == ("set-b8-s0", 200) and all(name in q.RUNS for name, _ in q.PLAN)
+    assert all(target <= q.RUNS[name]["epochs"] for name, target in q.PLAN)
+    for name in dict.fromkeys(n for n, _ in q.PLAN):
+        args = train.parse_args(q.command(name, tmp_path, tmp_path))
+        assert args.model == "set-mlp" and args.augment == "set" and args.batch_size == 100
+        if name.startswith("dense"):
+            assert args.density == 1.0
+        else:
+            assert args.distribution == "er" and args.er_epsilon == 20 and args.density < 0.02
+            assert args.block_size in (1, 4, 8, 16, 32)
+            assert (args.block_size in (16, 32)) == (args.hidden == "4096,1024,4096")
+        if "-f0." in name:  # as many optimizer steps as 100 full-data epochs
+            assert args.epochs * args.train_fraction == pytest.approx(100)
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    for e in (1, 2, 3, 10):
+        (run / f"checkpoint-epoch{e:03d}.pt").write_bytes(b"")
+    (run / "checkpoint-epoch011.pt.tmp").write_bytes(b"")
+    assert q.epochs_done(run) == 10
+    q.prune_checkpoints(run, keep=2)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-epoch003.pt", "checkpoint-epoch010.pt", "checkpoint-epoch011.pt.tmp"
+    ]  # fmt: skip
+
+
+def test_queue_log_writes_runs_md_and_copies_records(tmp_path):
+    q = _load_queue()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    folder = runs / "set-b8-s0"
+    folder.mkdir(parents=True)
+    epochs = [{"epoch": i, "epoch_seconds": 30.0 + i, "eval_seconds": 1.0, "test_acc": 0.1 * i} for i in (1, 2, 3)]
+    (folder / "record.json").write_text(json.dumps({"epochs": epochs}))
+    (folder / "checkpoint-epoch003.pt").write_bytes(b"")
+    log = q.Log(runs, tmp_path / "data", results, [("set-b8-s0", 200), ("dense-s0", 50)])
+    log.refresh()
+    text = (results / "RUNS.md").read_text()
+    assert "| set-b8-s0 | paused | 3 / 200 (plan: 200) | 32.5 | - | 1.0 | 30.00 | 30.00 |" in text
+    assert "| dense-s0 | pending | 0 / 200 (plan: 50) |" in text
+    assert "--er-epsilon 20" in text and json.loads((results / "set-b8-s0" / "record.json").read_text())
+
+
+def test_queue_refuses_a_second_instance_and_writes_its_pid(tmp_path):
+    import fcntl
+
+    q = _load_queue()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with open(runs / "queue.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        pid_file = tmp_path / "pid"
+        argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")]
+        assert q.main([*argv, "--pid-file", str(pid_file)]) == 1
+        assert not pid_file.exists()
+
+
+def _load_summarize():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_record(accs: list[float], total_epochs: int, churn: list[float] | None = None) -> dict:
+    epochs = [
+        {"epoch": i + 1, "test_acc": a, "wall_clock": 10.0 * (i + 1), "epoch_seconds": 10.0, "train_eval_acc": a + 0.1,
+         "generalization_gap": 0.1, "epoch_cpu_seconds": 9.0}
+        for i, a in enumerate(accs)
+    ]  # fmt: skip
+    history = [{"step": 5 * (i + 1), "churn": c} for i, c in enumerate(churn or [])]
+    return {"epochs": epochs, "steps_per_epoch": 5, "total_steps": 5 * total_epochs, "steps_done": 5 * len(accs),
+            "structure_history": history or None}  # fmt: skip
+
+
+def test_summarize_tables_and_plots_from_partial_records(tmp_path):
+    s = _load_summarize()
+    records = {
+        "set-b8-s0": _fake_record([0.05 * (i + 1) for i in range(11)] + [0.61], 200, churn=[0.3] * 11),
+        "evolutionary-b8-s0": _fake_record([0.2] * 3, 200, churn=[0.3, 0.02, 0.005]),
+        "dense-s0": _fake_record([0.5, 0.55], 200),
+        "set-b8-f0.1-s0": _fake_record([0.3], 1000),
+    }
+    for name, r in records.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text(json.dumps(r))
+    assert s.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "PARTIAL RESULTS" in text
+    # Epoch 10 of the SET run: 50.00 % vs published 42.8 -> +7.20; later epochs not reached -> "-".
+    assert "| set-b8-s0 | set | +7.20 | - | - | - |" in text
+    assert "| evolutionary-b8-s0 | 3 | 0.300 | 0.005 | 3 | " in text  # churn < 1 % from the update after epoch 3
+    assert "| set-b8-s0 | epoch 12 (0.03 CPU h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
+    assert "set-b8-f0.1-s0 | 1/1000 partial | 30.00 |" in text
+    for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert s.settled_epoch([(1, 0.3), (2, 0.005), (3, 0.02)]) is None
+    assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
+
+
+@pytest.mark.parametrize("method", ["evolutionary", "evolutionary-gradient", "rigl"])
+def test_cli_other_methods_run_with_per_epoch_updates(tmp_path, method):
+    """The queue's DST comparison runs: same ER densities and per-epoch ζ updates, other methods."""
+    argv = [*SMALL, *SET_UPDATES, "--method", method, "--epochs", "3", "--out", str(tmp_path / method)]
+    assert train.main(argv) == 0
+    history = read_record(tmp_path / method)["structure_history"]
+    assert [h["step"] for h in history] == [6, 12] and all(h["churn"] > 0 for h in history)
+
+
+def test_queue_entry_pauses_at_its_target_and_the_next_entry_resumes(tmp_path, monkeypatch):
+    q = _load_queue()
+    monkeypatch.setattr(q, "COMMON", [*SMALL, "--checkpoint-every", "1"])
+    monkeypatch.setitem(q.RUNS, "tiny-s0", {"args": SET_UPDATES, "epochs": 3})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    plan = [("tiny-s0", 2), ("tiny-s0", 3)]
+    log = q.Log(runs, tmp_path, results, plan)
+    assert q.run_entry("tiny-s0", 2, log, runs, tmp_path)
+    assert q.epochs_done(runs / "tiny-s0") == 2 and "paused" in (results / "RUNS.md").read_text()
+    assert q.run_entry("tiny-s0", 3, log, runs, tmp_path)
+    record = read_record(runs / "tiny-s0")
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3] and record["resumed_from"].endswith("epoch002.pt")
+    assert not q.run_entry("tiny-s0", 3, log, runs, tmp_path)  # done: skipped
+    assert "| tiny-s0 | done | 3 / 3 (plan: 3) |" in (results / "RUNS.md").read_text()
+    assert json.loads((results / "tiny-s0" / "record.json").read_text())["steps_done"] == 18
