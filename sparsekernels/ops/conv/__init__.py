@@ -155,4 +155,5 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) ->
         stride,
         padding,
         _allow_tf32(),
+        row_offsets=layout.row_offsets,
     )
