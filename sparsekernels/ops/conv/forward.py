@@ -39,7 +39,7 @@ import triton.language as tl
 
 from sparsekernels.layout import BlockLayout
 from sparsekernels.ops._alloc import new_output
-from sparsekernels.ops._triton_utils import dot_precision, upcast_dot_operands
+from sparsekernels.ops._triton_utils import dot_precision, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # 64-256-pixel tiles: M = BLOCK_P per warpgroup >= 64; accumulator [BLOCK_P, bk] fp32 in
@@ -51,6 +51,9 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_P": 128}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=3),
+    # 8 warps on 64 rows split the channel block (N) between the warpgroups: the fp32 FMA
+    # path's choice at block 128 (32 accumulator registers per thread).
+    triton.Config({"BLOCK_P": 64}, num_warps=8, num_stages=3),
 ]
 # The interpreter runs programs one after another in Python: one config, no tuning.
 _INTERPRETER_CONFIGS = [triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=1)]
@@ -147,6 +150,7 @@ def conv2d_forward_kernel(
     BLOCK_P: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,  # K width of one tl.dot: BLOCK_C, or 16 on the fp32 FMA path
 ):
     # R is an autotuning key only.
     NK = K // BLOCK_K
@@ -162,9 +166,9 @@ def conv2d_forward_kernel(
     # Input coordinates of tap (0, 0); tap (r, s) adds (r, s).
     o_h0 = ((o_p // Wo) % Ho) * stride_h - pad_h
     o_w0 = (o_p % Wo) * stride_w - pad_w
-    o_c = tl.arange(0, BLOCK_C)
+    o_c = tl.arange(0, DOT_K)
     o_k = tl.arange(0, BLOCK_K)
-    # Value block read transposed: element (c, k) of the [BLOCK_C, BLOCK_K] tile is V[slot, k, c].
+    # Value block read transposed: element (c, k) of the [DOT_K, BLOCK_K] tile is V[slot, k, c].
     o_vt = o_c[:, None] + o_k[None, :] * BLOCK_C
 
     e_lo = tl.load(kb_offsets + i_k)
@@ -182,16 +186,19 @@ def conv2d_forward_kernel(
         m_x = m_p & (o_h >= 0) & (o_h < H) & (o_w >= 0) & (o_w < W)
         # int64: pixel index * C exceeds 2**31 for large batches, slot * bk * bc for large layouts.
         o_x = ((i_n * H + o_h) * W + o_w).to(tl.int64) * C + i_c.to(tl.int64) * BLOCK_C
-        b_x = tl.load(x + o_x[:, None] + o_c[None, :], mask=m_x[:, None], other=0.0)  # [BLOCK_P, BLOCK_C]
-        b_vt = tl.load(values + i_slot.to(tl.int64) * (BLOCK_K * BLOCK_C) + o_vt)  # [BLOCK_C, BLOCK_K]
+        p_x = x + o_x[:, None] + o_c[None, :]
+        p_vt = values + i_slot.to(tl.int64) * (BLOCK_K * BLOCK_C) + o_vt
+        for i_cc in tl.static_range(0, BLOCK_C, DOT_K):
+            b_x = tl.load(p_x + i_cc, mask=m_x[:, None], other=0.0)  # [BLOCK_P, DOT_K]
+            b_vt = tl.load(p_vt + i_cc)  # [DOT_K, BLOCK_K]
+            if UPCAST:
+                b_x = b_x.to(tl.float32)
+                b_vt = b_vt.to(tl.float32)
+            b_acc = tl.dot(b_x, b_vt, b_acc, input_precision=DOT_PRECISION)
         m_next = i_e + 1 < e_hi
         i_t = tl.load(e_tap + i_e + 1, mask=m_next, other=0)
         i_c = tl.load(e_cb + i_e + 1, mask=m_next, other=0)
         i_slot = tl.load(e_slot + i_e + 1, mask=m_next, other=0)
-        if UPCAST:
-            b_x = b_x.to(tl.float32)
-            b_vt = b_vt.to(tl.float32)
-        b_acc = tl.dot(b_x, b_vt, b_acc, input_precision=DOT_PRECISION)
 
     p_y = y + (o_p.to(tl.int64) * K)[:, None] + i_k * BLOCK_K + o_k[None, :]
     tl.store(p_y, b_acc.to(y.dtype.element_ty), mask=m_p[:, None])
@@ -232,5 +239,6 @@ def launch_forward(
         BLOCK_C=bc,
         DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
         UPCAST=upcast_dot_operands(x.dtype),
+        DOT_K=fma_dot_k(x.dtype, dot_precision(x.dtype, allow_tf32), bc),
     )  # fmt: skip
     return y

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from sparsekernels.layout import BlockLayout
 from sparsekernels.ops._alloc import new_output
-from sparsekernels.ops._triton_utils import dot_precision, upcast_dot_operands
+from sparsekernels.ops._triton_utils import dot_precision, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # Same shape of problem as the forward pass (M = pixels, N = bc, K = bk per block); 3-4 stages
@@ -47,6 +47,9 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_P": 128}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=3),
+    # 8 warps on 64 rows split the channel block (N) between the warpgroups: the fp32 FMA
+    # path's choice at block 128 (32 accumulator registers per thread).
+    triton.Config({"BLOCK_P": 64}, num_warps=8, num_stages=3),
 ]
 _INTERPRETER_CONFIGS = [triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=1)]
 _TUNE_MIN_PIXELS = 1024
@@ -66,6 +69,10 @@ def _prune(configs, named_args, **kwargs):
         return c.kwargs["BLOCK_P"] * bc // (32 * c.num_warps)  # fp32 accumulator registers per thread
 
     def fits(c):
+        # FMA path: 256-pixel tiles spilled (sm_90 compile, 28 B at block 32) even at 32
+        # accumulator registers per thread.
+        if fma and c.kwargs["BLOCK_P"] > 128:
+            return False
         return registers(c) <= limit and c.num_stages * (c.kwargs["BLOCK_P"] * bk + bk * bc) * size <= _SMEM_BYTES
 
     kept = [c for c in configs if fits(c)] or [min(configs, key=registers)]
@@ -140,6 +147,7 @@ def conv2d_input_grad_kernel(
     BLOCK_P: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,  # K width of one tl.dot: BLOCK_K, or 16 on the fp32 FMA path
 ):
     NC = C // BLOCK_C
     NK = K // BLOCK_K
@@ -159,7 +167,7 @@ def conv2d_input_grad_kernel(
     o_h = i_ph + i_i * stride_h
     o_w = i_pw + i_j * stride_w
     m_q = (o_q < N * Hq * Wq) & (o_h < H) & (o_w < W)
-    o_k = tl.arange(0, BLOCK_K)
+    o_k = tl.arange(0, DOT_K)
     o_c = tl.arange(0, BLOCK_C)
     o_v = o_k[:, None] * BLOCK_C + o_c[None, :]
 
@@ -183,15 +191,18 @@ def conv2d_input_grad_kernel(
         m_dy = m_q & (o_ho >= 0) & (o_ho < Ho) & (o_wo >= 0) & (o_wo < Wo)
         # int64: pixel index * K exceeds 2**31 for large batches, slot * bk * bc for large layouts.
         o_dy = ((i_n * Ho + o_ho) * Wo + o_wo).to(tl.int64) * K + i_k * BLOCK_K
-        b_dy = tl.load(dy + o_dy[:, None] + o_k[None, :], mask=m_dy[:, None], other=0.0)  # [BLOCK_P, BLOCK_K]
-        b_v = tl.load(values + i_slot.to(tl.int64) * (BLOCK_K * BLOCK_C) + o_v)  # [BLOCK_K, BLOCK_C]
+        p_dy = dy + o_dy[:, None] + o_k[None, :]
+        p_v = values + i_slot.to(tl.int64) * (BLOCK_K * BLOCK_C) + o_v
+        for i_kk in tl.static_range(0, BLOCK_K, DOT_K):
+            b_dy = tl.load(p_dy + i_kk, mask=m_dy[:, None], other=0.0)  # [BLOCK_P, DOT_K]
+            b_v = tl.load(p_v + i_kk * BLOCK_C)  # [DOT_K, BLOCK_C]
+            if UPCAST:
+                b_dy = b_dy.to(tl.float32)
+                b_v = b_v.to(tl.float32)
+            b_acc = tl.dot(b_dy, b_v, b_acc, input_precision=DOT_PRECISION)
         m_next = i_e + 1 < e_hi
         i_row = tl.load(e_row + i_e + 1, mask=m_next, other=0)
         i_slot = tl.load(e_slot + i_e + 1, mask=m_next, other=0)
-        if UPCAST:
-            b_dy = b_dy.to(tl.float32)
-            b_v = b_v.to(tl.float32)
-        b_acc = tl.dot(b_dy, b_v, b_acc, input_precision=DOT_PRECISION)
 
     o_dx = ((i_n * H + o_h) * W + o_w).to(tl.int64) * C + i_c * BLOCK_C
     tl.store(dx + o_dx[:, None] + o_c[None, :], b_acc.to(dx.dtype.element_ty), mask=m_q[:, None])
@@ -233,5 +244,6 @@ def launch_input_grad(
         BLOCK_C=bc,
         DOT_PRECISION=dot_precision(dy.dtype, allow_tf32),
         UPCAST=upcast_dot_operands(dy.dtype),
+        DOT_K=fma_dot_k(dy.dtype, dot_precision(dy.dtype, allow_tf32), bk),
     )  # fmt: skip
     return dx

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from sparsekernels.ops._alloc import new_output
-from sparsekernels.ops._triton_utils import dot_precision, upcast_dot_operands
+from sparsekernels.ops._triton_utils import dot_precision, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # TILE_M: rows of the program tile (G = TILE_M // bc blocks); BLOCK_P: pixels per step (the
@@ -142,9 +142,11 @@ def conv2d_weight_grad_kernel(
     BLOCK_P: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,  # pixels per tl.dot: BLOCK_P, or 16 on the fp32 FMA path
 ):
     G: tl.constexpr = TILE_M // BLOCK_C if TILE_M > BLOCK_C else 1
     GBC: tl.constexpr = G * BLOCK_C
+    KD: tl.constexpr = DOT_K if DOT_K < BLOCK_P else BLOCK_P
     NK = K // BLOCK_K
     n_rows = R * S * NK
     # Block-rows vary fastest: programs running together reduce the same pixel chunk, so the
@@ -172,8 +174,8 @@ def conv2d_weight_grad_kernel(
         p_start = i_split * chunk
         p_end = tl.minimum(p_start + chunk, N * Ho * Wo)
         b_acc = tl.zeros([GBC, BLOCK_K], dtype=tl.float32)
-        for p0 in range(p_start, p_end, BLOCK_P):
-            o_p = p0 + tl.arange(0, BLOCK_P)  # [BLOCK_P] flattened output pixels
+        for p0 in range(p_start, p_end, KD):
+            o_p = p0 + tl.arange(0, KD)  # [KD] flattened output pixels
             m_p = o_p < p_end
             i_n = o_p // (Ho * Wo)
             o_h = ((o_p // Wo) % Ho) * stride_h - pad_h + i_r
@@ -182,8 +184,8 @@ def conv2d_weight_grad_kernel(
             # int64: pixel index * channels exceeds 2**31 for large batches.
             o_dy = o_p.to(tl.int64) * K + i_k * BLOCK_K
             o_x = ((i_n * H + o_h) * W + o_w).to(tl.int64) * C
-            b_dy = tl.load(dy + o_dy[:, None] + o_k[None, :], mask=m_p[:, None], other=0.0)  # [BLOCK_P, BLOCK_K]
-            b_x = tl.load(x + o_x[:, None] + o_cj[None, :], mask=m_x[:, None], other=0.0)  # [BLOCK_P, GBC]
+            b_dy = tl.load(dy + o_dy[:, None] + o_k[None, :], mask=m_p[:, None], other=0.0)  # [KD, BLOCK_K]
+            b_x = tl.load(x + o_x[:, None] + o_cj[None, :], mask=m_x[:, None], other=0.0)  # [KD, GBC]
             if UPCAST:
                 b_dy = b_dy.to(tl.float32)
                 b_x = b_x.to(tl.float32)
@@ -243,6 +245,7 @@ def launch_weight_grad(
         BLOCK_C=bc,
         DOT_PRECISION=dot_precision(x.dtype, allow_tf32),
         UPCAST=upcast_dot_operands(x.dtype),
+        DOT_K=fma_dot_k(x.dtype, dot_precision(x.dtype, allow_tf32), _CHUNK_ALIGN),
     )  # fmt: skip
     if split > 1 and out.dtype == torch.float32:
         torch.sum(dw, dim=0, out=out)

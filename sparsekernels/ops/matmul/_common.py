@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from sparsekernels.layout import BlockLayout, check_kernel_block_size
-from sparsekernels.ops._triton_utils import check_kernel_dtype, dot_precision, upcast_dot_operands
+from sparsekernels.ops._triton_utils import check_kernel_dtype, dot_precision, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # Chunks shorter than this do not amortise the round trip of their partial through the
@@ -55,13 +55,16 @@ def check_kernel_inputs(layout: BlockLayout, **tensors: torch.Tensor) -> None:
         check_kernel_dtype(t, name)
 
 
-def dot_flags(dtype: torch.dtype) -> dict:
+def dot_flags(dtype: torch.dtype, block_k: int | None = None) -> dict:
     """The ``tl.dot`` constexprs of a launch: ``PRECISION`` (TF32 for fp32 only when torch's
-    ``allow_tf32`` flag is on) and ``UPCAST`` (see ``_triton_utils.upcast_dot_operands``)."""
-    return {
-        "PRECISION": dot_precision(dtype, torch.backends.cuda.matmul.allow_tf32),
-        "UPCAST": upcast_dot_operands(dtype),
-    }
+    ``allow_tf32`` flag is on), ``UPCAST`` (see ``_triton_utils.upcast_dot_operands``) and,
+    when ``block_k`` (the K extent of one block product) is given, ``DOT_K``: the K width of
+    each ``tl.dot`` (see ``_triton_utils.fma_dot_k``)."""
+    precision = dot_precision(dtype, torch.backends.cuda.matmul.allow_tf32)
+    flags = {"PRECISION": precision, "UPCAST": upcast_dot_operands(dtype)}
+    if block_k is not None:
+        flags["DOT_K"] = fma_dot_k(dtype, precision, block_k)
+    return flags
 
 
 def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:

@@ -93,6 +93,7 @@ def dds_kernel(
     USE_WS: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     # K_IN is an autotuning key only.
@@ -117,11 +118,11 @@ def dds_kernel(
     # Chunk 0 always runs: it writes the zeros of an empty segment.
     if (i_split == 0) | (i_lo < i_end):
         o_o = tl.arange(0, BO)
-        o_i = tl.arange(0, BI)
+        o_i = tl.arange(0, DOT_K)
         o_p = i_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         m_p = o_p < P
         p_a0 = a_ptr + o_p[:, None] * stride_ap  # [BLOCK_P, 1]
-        p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [BI, BO]
+        p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [DOT_K, BO]
 
         b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
         # The next entry's indices are loaded one iteration ahead (loop-carried), so an
@@ -139,18 +140,21 @@ def dds_kernel(
         for i_e in range(i_lo, i_hi):
             if GATHER:
                 p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
-            b_a = tl.load(p_a0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_ak, mask=m_p[:, None], other=0.0)
-            b_v = tl.load(p_v)  # [BI, BO]
+            p_a = p_a0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_ak
+            # DOT_K < BI only for the fp32 FMA dot (see _common.dot_flags).
+            for i_kk in tl.static_range(0, BI, DOT_K):
+                b_a = tl.load(p_a + i_kk * stride_ak, mask=m_p[:, None], other=0.0)  # [BLOCK_P, DOT_K]
+                b_v = tl.load(p_v + i_kk * stride_vi)  # [DOT_K, BO]
+                if UPCAST:
+                    b_a = b_a.to(tl.float32)
+                    b_v = b_v.to(tl.float32)
+                b_acc = tl.dot(b_a, b_v, b_acc, input_precision=PRECISION)
             m_next = i_e + 1 < i_hi
             i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
             if GATHER:
                 i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
             else:
                 p_v += stride_vs
-            if UPCAST:
-                b_a = b_a.to(tl.float32)
-                b_v = b_v.to(tl.float32)
-            b_acc = tl.dot(b_a, b_v, b_acc, input_precision=PRECISION)
 
         if is_split:
             o_w = ((i_seg.to(tl.int64) * N_SPLITS + i_split) * P + o_p) * BO
@@ -228,7 +232,7 @@ def dds(
         BI=BI,
         GATHER=not transpose_sparse,
         USE_WS=use_ws,
-        **dot_flags(a.dtype),
+        **dot_flags(a.dtype, BI),
     )
     if use_ws:
         # The reduction kernel walks [BO, BLOCK_P] tiles: "o" is the output column, "p" the row.

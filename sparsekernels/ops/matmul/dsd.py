@@ -102,6 +102,7 @@ def dsd_kernel(
     USE_WS: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     # K_IN and N_BATCH are autotuning keys only.
@@ -128,12 +129,12 @@ def dsd_kernel(
     # Chunk 0 always runs: it writes the zeros of an empty segment.
     if (i_split == 0) | (i_lo < i_end):
         o_o = tl.arange(0, BO)
-        o_i = tl.arange(0, BI)
+        o_i = tl.arange(0, DOT_K)
         o_p = i_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         m_p = o_p < P
         # Transposed tile: out[seg]ᵀ [BLOCK_P, BO] = b[tile]ᵀ [BLOCK_P, BI] @ Vᵀ [BI, BO], so the
         # MMA's M is BLOCK_P (>= 64: warpgroup MMA at every block size) and N the block.
-        p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [BI, BO]
+        p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [DOT_K, BO]
         p_b0 = b_ptr + i_b * stride_bb + o_p[:, None] * stride_bp  # [BLOCK_P, 1]
 
         b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
@@ -152,18 +153,21 @@ def dsd_kernel(
         for i_e in range(i_lo, i_hi):
             if GATHER:
                 p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
-            b_v = tl.load(p_v)  # [BI, BO]
-            b_b = tl.load(p_b0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_bk, mask=m_p[:, None], other=0.0)
+            p_b = p_b0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_bk
+            # DOT_K < BI only for the fp32 FMA dot (see _common.dot_flags).
+            for i_kk in tl.static_range(0, BI, DOT_K):
+                b_v = tl.load(p_v + i_kk * stride_vi)  # [DOT_K, BO]
+                b_b = tl.load(p_b + i_kk * stride_bk, mask=m_p[:, None], other=0.0)  # [BLOCK_P, DOT_K]
+                if UPCAST:
+                    b_v = b_v.to(tl.float32)
+                    b_b = b_b.to(tl.float32)
+                b_acc = tl.dot(b_b, b_v, b_acc, input_precision=PRECISION)  # [BLOCK_P, BO]
             m_next = i_e + 1 < i_hi
             i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
             if GATHER:
                 i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
             else:
                 p_v += stride_vs
-            if UPCAST:
-                b_v = b_v.to(tl.float32)
-                b_b = b_b.to(tl.float32)
-            b_acc = tl.dot(b_b, b_v, b_acc, input_precision=PRECISION)  # [BLOCK_P, BO]
 
         if is_split:
             o_w = ((i_b * n_segs + i_seg) * N_SPLITS + i_split) * BO + o_o
@@ -244,7 +248,7 @@ def dsd(
         BI=BI,
         GATHER=transpose_sparse,
         USE_WS=use_ws,
-        **dot_flags(b.dtype),
+        **dot_flags(b.dtype, BI),
     )
     if use_ws:
         reduce_split_partials(ws, out3, seg_offsets, split, n_batch, P, ws.stride(), out3.stride(), BO=BO)

@@ -57,6 +57,7 @@ def _configs() -> list[triton.Config]:
         triton.Config({"TILE_M": 128, "BLOCK_K": bk}, num_warps=4, num_stages=s) for bk in (64, 128) for s in (3, 4)
     ] + [
         triton.Config({"TILE_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
+        triton.Config({"TILE_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"TILE_M": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"TILE_M": 256, "BLOCK_K": 64}, num_warps=8, num_stages=4),
         triton.Config({"TILE_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
@@ -75,10 +76,15 @@ _resource_prune = make_prune(
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop 8 warps on blocks too small to feed them, then configs the GPU cannot hold."""
+    """Drop 8 warps on blocks too small to feed them (and 64-row tiles on the fp32 FMA path),
+    then configs the GPU cannot hold."""
     args = {**named_args, **kwargs}
     small_tile = args["BM"] * args["BN"] < 64 * 64
     kept = [c for c in configs if not (small_tile and c.num_warps > 4)] or configs
+    ref = args.get("a_ptr")
+    if getattr(ref, "dtype", None) == torch.float32 and args.get("PRECISION", "ieee") != "tf32":
+        # fp32 FMA dot: the 64-row tile spilled (sm_90 compile, 16 B at block 32); use >= 128 rows.
+        kept = [c for c in kept if c.kwargs["TILE_M"] >= 128] or kept
     return _resource_prune(kept, named_args, **kwargs)
 
 
@@ -103,6 +109,7 @@ def sdd_kernel(
     BN: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_K: tl.constexpr,
     TILE_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
@@ -111,6 +118,7 @@ def sdd_kernel(
     # behaviour, the mask never enters).
     G: tl.constexpr = TILE_M // BN if TILE_M > BN else 1
     GBN: tl.constexpr = G * BN
+    KD: tl.constexpr = DOT_K if DOT_K < BLOCK_K else BLOCK_K
     n_rows = M // BM
     i_pid = tl.program_id(0)
     i_kc = tl.program_id(1)
@@ -135,24 +143,26 @@ def sdd_kernel(
         # int64 rows/columns: row * stride can pass 2^31 on large or transposed operands.
         o_n = i_col.to(tl.int64) * BN + o_j % BN
         o_m = i_r.to(tl.int64) * BM + tl.arange(0, BM)
-        o_k = tl.arange(0, BLOCK_K)
-        p_b = b_ptr + o_n[:, None] * stride_bn + (k_lo + o_k)[None, :] * stride_bk  # [GBN, BLOCK_K]
-        p_a = a_ptr + (k_lo + o_k)[:, None] * stride_ak + o_m[None, :] * stride_am  # [BLOCK_K, BM]
+        o_k = tl.arange(0, KD)
+        p_b = b_ptr + o_n[:, None] * stride_bn + (k_lo + o_k)[None, :] * stride_bk  # [GBN, KD]
+        p_a = a_ptr + (k_lo + o_k)[:, None] * stride_ak + o_m[None, :] * stride_am  # [KD, BM]
 
         b_acc = tl.zeros([GBN, BM], dtype=tl.float32)
         for i_k in range(k_lo, k_hi, BLOCK_K):
-            # EVEN_K: K, hence every chunk boundary, is a multiple of BLOCK_K: no edge masks.
-            if EVEN_K:
-                b_bt = tl.load(p_b)
-                b_at = tl.load(p_a)
-            else:
-                m_k = o_k < k_hi - i_k
-                b_bt = tl.load(p_b, mask=m_k[None, :], other=0.0)
-                b_at = tl.load(p_a, mask=m_k[:, None], other=0.0)
-            if UPCAST:
-                b_bt = b_bt.to(tl.float32)
-                b_at = b_at.to(tl.float32)
-            b_acc = tl.dot(b_bt, b_at, b_acc, input_precision=PRECISION)  # [GBN, BM]
+            # KD < BLOCK_K only for the fp32 FMA dot (see _common.dot_flags).
+            for i_kk in tl.static_range(0, BLOCK_K, KD):
+                # EVEN_K: K, hence every chunk boundary, is a multiple of BLOCK_K: no edge masks.
+                if EVEN_K:
+                    b_bt = tl.load(p_b + i_kk * stride_bk)
+                    b_at = tl.load(p_a + i_kk * stride_ak)
+                else:
+                    m_k = o_k < k_hi - i_k - i_kk
+                    b_bt = tl.load(p_b + i_kk * stride_bk, mask=m_k[None, :], other=0.0)
+                    b_at = tl.load(p_a + i_kk * stride_ak, mask=m_k[:, None], other=0.0)
+                if UPCAST:
+                    b_bt = b_bt.to(tl.float32)
+                    b_at = b_at.to(tl.float32)
+                b_acc = tl.dot(b_bt, b_at, b_acc, input_precision=PRECISION)  # [GBN, BM]
             p_b += BLOCK_K * stride_bk
             p_a += BLOCK_K * stride_ak
 
@@ -200,7 +210,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
         b.stride(1),
         BM=bm,
         BN=bn,
-        **dot_flags(a.dtype),
+        **dot_flags(a.dtype, granule),
     )
     if use_ws:
         out.copy_(target.sum(1))  # fixed-order fp32 sum of the K chunks, then the output dtype
