@@ -14,6 +14,18 @@ included, are written by one program directly, so a layout without long rows pay
 
 Everything here is decided from Python ints (shapes, ``nnz``), never from the mask, so a new
 topology with the same ``nnz`` reuses the compiled kernels and the autotuning results.
+
+Hopper choices common to the three kernels (checked by compiling for sm_90, not by timing):
+every dot has M >= 64 per warpgroup (warpgroup MMA), its tile loads are plain async copies
+multi-buffered by the software pipeliner (indices prefetched one iteration ahead), and the
+fp32 FMA path slices K to 16 (``DOT_K``). Not used, deliberately: TMA tensor descriptors
+(``tl.make_tensor_descriptor``) — device-side descriptors in triton 3.6 need a host-set
+global-scratch allocator (``triton.set_allocator``) and 16-byte-aligned strides, which the
+any-strides operands (transposed views) do not guarantee, while async copies already keep
+``num_stages - 1`` tiles in flight; and a persistent longest-first scheduler over a
+device-built work list — the split workspace above bounds the longest program the same way
+with plain stores, deterministically, and costs nothing on layouts without long segments.
+Both stay open until a GPU measurement says they pay.
 """
 
 from __future__ import annotations
