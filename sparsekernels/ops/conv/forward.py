@@ -11,7 +11,8 @@ No im2col buffer exists: the shifted tile is gathered straight from ``x``.
 
 One flattened loop. The active blocks of ``kb`` over all taps form one *entry list*, built on
 the device from the layout (:func:`forward_entries`: a stable sort of the slots by ``kb``,
-cached per layout, no host sync): entry ``e`` gives the tap, the input channel block and the
+a handful of small tensor ops per call, no host sync; not cached, because a layer's
+``set_layout`` rewrites its layout tensors in place): entry ``e`` gives the tap, the input channel block and the
 value slot. The kernel runs one loop over its entries with the next entry's indices loaded one
 iteration ahead, so the tile loads depend on loop-carried registers only and the software
 pipeliner keeps ``num_stages`` buffers (``num_stages - 1`` blocks in flight) across tap
@@ -30,8 +31,6 @@ evens them out; a program with no entries still runs and stores zeros.
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 import triton
@@ -84,10 +83,6 @@ def _prune(configs, named_args, **kwargs):
     return kept
 
 
-# Entry lists per layout (layouts are immutable; the cache dies with the layout).
-_ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def forward_entries(layout: BlockLayout, kernel_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """The forward pass's entry list: ``(kb_offsets, e_tap, e_cb, e_slot)``, int32.
 
@@ -95,12 +90,8 @@ def forward_entries(layout: BlockLayout, kernel_size: tuple[int, int]) -> tuple[
     input-channel order; each names the tap ``t = r*S + s``, the input channel block and the
     value slot. Built on the layout's device with tensor operations only (no host sync).
     """
-    key = (kernel_size[0] * kernel_size[1],)
-    cached = _ENTRIES.get(layout)
-    if cached is not None and cached[0] == key:
-        return cached[1]
     (rows_total, _), (bk, _) = layout.shape, layout.block_size
-    taps = key[0]
+    taps = kernel_size[0] * kernel_size[1]
     nk = rows_total // (taps * bk)
     row = layout.row_indices.long()
     # Slots are row-major (tap, kb, cb): a stable sort by kb keeps (tap, cb) order within kb.
@@ -108,14 +99,7 @@ def forward_entries(layout: BlockLayout, kernel_size: tuple[int, int]) -> tuple[
     counts = (layout.row_offsets[1:] - layout.row_offsets[:-1]).view(taps, nk).sum(0)
     kb_offsets = torch.zeros(nk + 1, dtype=torch.int32, device=row.device)
     kb_offsets[1:] = torch.cumsum(counts, 0)
-    entries = (
-        kb_offsets,
-        (row[order] // nk).to(torch.int32),
-        layout.col_indices[order].contiguous(),
-        order.to(torch.int32),
-    )
-    _ENTRIES[layout] = (key, entries)
-    return entries
+    return kb_offsets, (row[order] // nk).to(torch.int32), layout.col_indices[order], order.to(torch.int32)
 
 
 @triton.autotune(

@@ -11,9 +11,10 @@ over the entries whose divisions are exact and land inside ``dy``.
 Stride > 1 (sub-pixel decomposition): the input pixels are split into ``st_h * st_w`` parity
 classes ``(h mod st_h, w mod st_w)``. Within one class the exactness of both divisions is the
 same for every pixel, and each tap ``(r, s)`` is exact for exactly one class
-(``h ≡ r - pad_h mod st_h``, likewise for ``w``). So the entries are sorted once per layout into
-per-(class, cb) segments (:func:`input_grad_entries`, on the device, cached per layout, no host
-sync) and a program on a tile of one class walks only its class's entries: no test per entry,
+(``h ≡ r - pad_h mod st_h``, likewise for ``w``). So the entries are sorted by call into
+per-(class, cb) segments (:func:`input_grad_entries`: a few small tensor ops on the device, no
+host sync; not cached, because a layer's ``set_layout`` rewrites its layout tensors in place),
+and a program on a tile of one class walks only its class's entries: no test per entry,
 no masked-out 3 of 4 pixels (3x3, stride 2). Classes are padded to
 ``ceil(H/st_h) x ceil(W/st_w)`` so every class has the same tile count; the padding rows are
 masked. For stride 1 there is one class and the segments are the layout's own columns.
@@ -26,8 +27,6 @@ zero blocks of the other channel blocks' sparsity (see ``forward.py``).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 import triton
@@ -81,9 +80,6 @@ def _prune(configs, named_args, **kwargs):
     return kept
 
 
-_ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def input_grad_entries(
     layout: BlockLayout, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,10 +88,6 @@ def input_grad_entries(
     slot (int32). Stride 1: the layout's column traversal itself."""
     if stride == (1, 1):
         return layout.col_offsets, layout.row_indices_t, layout.block_indices_t
-    key = (kernel_size, stride, padding)
-    cached = _ENTRIES.get(layout)
-    if cached is not None and cached[0] == key:
-        return cached[1]
     (rows_total, C), (bk, bc) = layout.shape, layout.block_size
     (R, S), (sh, sw), (ph, pw) = kernel_size, stride, padding
     nk, nc = rows_total // (R * S * bk), C // bc
@@ -105,13 +97,8 @@ def input_grad_entries(
     seg = cls * nc + layout.col_indices[layout.block_indices_t.long()].long()
     order = torch.argsort(seg, stable=True)
     bounds = torch.arange(sh * sw * nc + 1, device=row.device)
-    entries = (
-        torch.searchsorted(seg[order], bounds).to(torch.int32),
-        layout.row_indices_t[order].contiguous(),
-        layout.block_indices_t[order].contiguous(),
-    )
-    _ENTRIES[layout] = (key, entries)
-    return entries
+    seg_offsets = torch.searchsorted(seg[order], bounds).to(torch.int32)
+    return seg_offsets, layout.row_indices_t[order], layout.block_indices_t[order]
 
 
 @triton.autotune(
