@@ -37,3 +37,16 @@ def upcast_dot_operands(dtype: torch.dtype) -> bool:
     upcast there only. Compiled kernels keep the native bf16 tensor-core dot.
     """
     return dtype == torch.bfloat16 and interpreter_enabled()
+
+
+# K width of one tl.dot on the fp32 FMA path (fp32 operands without TF32): that dot holds
+# whole K-rows of both operand tiles in registers, so a 64- or 128-wide K spilled (sm_90
+# compiles, measured: dsd fp32 block 64, 12.7 KB; 16 wide: 126 registers, no spill); 16 is
+# tl.dot's minimum K.
+FMA_DOT_K = 16
+
+
+def fma_dot_k(dtype: torch.dtype, precision: str, block_k: int) -> int:
+    """K width of each ``tl.dot`` of a kernel whose block products have K extent ``block_k``:
+    ``block_k`` itself, or :data:`FMA_DOT_K` for fp32 operands without TF32 (the FMA dot)."""
+    return min(block_k, FMA_DOT_K) if dtype == torch.float32 and precision == "ieee" else block_k

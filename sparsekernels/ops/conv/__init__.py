@@ -11,6 +11,14 @@ first copied into channels-last memory, once per call: one extra read and write 
 tensor, which for a sparse layer can cost as much as the convolution itself. Outputs are
 always channels-last, so a network kept channels-last end to end pays nothing.
 
+Hopper shape (checked by compiling for sm_90): every dot has M >= 64 per warpgroup (warpgroup
+MMA at blocks 16-128: pixels on M for forward and input gradient, gathered input channels on M
+for the weight gradient), one pipelined loop per program with indices prefetched (2-3 tiles in
+flight), zero spills in every config the prunes keep. TMA descriptors are not used: a tile
+of flattened pixels crossing image rows and batch boundaries, shifted per tap with zeros in the
+padding, is not one box of a tiled tensor descriptor (Hopper's im2col copy mode is not exposed
+by triton 3.6), so the tiles are gathered with masked async copies.
+
 Supported: fp32 / fp16 / bf16 (fp32 accumulation; TF32 for fp32 operands only when
 ``torch.backends.cudnn.allow_tf32`` is True), stride >= 1, zero padding, any kernel size,
 block sizes 16, 32, 64 and 128 per dimension. Dilation > 1 runs the reference implementation
@@ -92,8 +100,7 @@ def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) ->
     return launch_forward(
         _channels_last(x),
         values.contiguous(),
-        layout.row_offsets,
-        layout.col_indices,
+        layout,
         K,
         (Ho, Wo),
         kernel_size,
@@ -123,9 +130,7 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     return launch_input_grad(
         _channels_last(dy),
         values.contiguous(),
-        layout.col_offsets,
-        layout.row_indices_t,
-        layout.block_indices_t,
+        layout,
         input_shape,
         kernel_size,
         stride,
@@ -158,4 +163,5 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) ->
         stride,
         padding,
         _allow_tf32(),
+        row_offsets=layout.row_offsets,
     )

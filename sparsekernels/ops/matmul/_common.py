@@ -14,6 +14,18 @@ included, are written by one program directly, so a layout without long rows pay
 
 Everything here is decided from Python ints (shapes, ``nnz``), never from the mask, so a new
 topology with the same ``nnz`` reuses the compiled kernels and the autotuning results.
+
+Hopper choices common to the three kernels (checked by compiling for sm_90, not by timing):
+every dot has M >= 64 per warpgroup (warpgroup MMA), its tile loads are plain async copies
+multi-buffered by the software pipeliner (indices prefetched one iteration ahead), and the
+fp32 FMA path slices K to 16 (``DOT_K``). Not used, deliberately: TMA tensor descriptors
+(``tl.make_tensor_descriptor``) — device-side descriptors in triton 3.6 need a host-set
+global-scratch allocator (``triton.set_allocator``) and 16-byte-aligned strides, which the
+any-strides operands (transposed views) do not guarantee, while async copies already keep
+``num_stages - 1`` tiles in flight; and a persistent longest-first scheduler over a
+device-built work list — the split workspace above bounds the longest program the same way
+with plain stores, deterministically, and costs nothing on layouts without long segments.
+Both stay open until a GPU measurement says they pay.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import triton
 import triton.language as tl
 
 from sparsekernels.layout import BlockLayout, check_kernel_block_size
-from sparsekernels.ops._triton_utils import check_kernel_dtype, dot_precision, upcast_dot_operands
+from sparsekernels.ops._triton_utils import check_kernel_dtype, dot_precision, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # Chunks shorter than this do not amortise the round trip of their partial through the
@@ -55,13 +67,16 @@ def check_kernel_inputs(layout: BlockLayout, **tensors: torch.Tensor) -> None:
         check_kernel_dtype(t, name)
 
 
-def dot_flags(dtype: torch.dtype) -> dict:
+def dot_flags(dtype: torch.dtype, block_k: int | None = None) -> dict:
     """The ``tl.dot`` constexprs of a launch: ``PRECISION`` (TF32 for fp32 only when torch's
-    ``allow_tf32`` flag is on) and ``UPCAST`` (see ``_triton_utils.upcast_dot_operands``)."""
-    return {
-        "PRECISION": dot_precision(dtype, torch.backends.cuda.matmul.allow_tf32),
-        "UPCAST": upcast_dot_operands(dtype),
-    }
+    ``allow_tf32`` flag is on), ``UPCAST`` (see ``_triton_utils.upcast_dot_operands``) and,
+    when ``block_k`` (the K extent of one block product) is given, ``DOT_K``: the K width of
+    each ``tl.dot`` (see ``_triton_utils.fma_dot_k``)."""
+    precision = dot_precision(dtype, torch.backends.cuda.matmul.allow_tf32)
+    flags = {"PRECISION": precision, "UPCAST": upcast_dot_operands(dtype)}
+    if block_k is not None:
+        flags["DOT_K"] = fma_dot_k(dtype, precision, block_k)
+    return flags
 
 
 def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
@@ -70,27 +85,43 @@ def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[t
     return [interpreter] if interpreter_enabled() else gpu
 
 
-def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128):
+def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128, fma_acc_regs: int = 32):
     """An ``early_config_prune`` dropping configs that cannot run well on the GPU: pipelined
     tiles overflowing shared memory (``num_stages * stage_elems`` operand elements), or an
     fp32 accumulator above ``acc_regs`` registers per thread (it would spill).
 
+    fp32 operands with ``PRECISION="ieee"`` (no TF32) have no tensor-core path: the dot is a
+    register-blocked FMA loop whose operand fragments live in registers beside the
+    accumulator, so the limit there is ``fma_acc_regs`` (sm_90 compiles, measured: a
+    [128, 64] fp32 accumulator on 4 warps, 64 per thread, spilled ~30 KB; 32 per thread did
+    not spill).
+
     ``stage_elems(config, args)`` / ``acc_elems(config, args)`` count elements from the
     config and the launch arguments; the operand dtype is that of ``values_ptr`` or
-    ``a_ptr``. At least one config is kept (the smallest), as the autotuner requires.
+    ``a_ptr``. At least one config is kept, as the autotuner requires.
     """
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         ref = args.get("values_ptr", args.get("a_ptr"))
         itemsize = ref.element_size() if hasattr(ref, "element_size") else 4
+        fma = itemsize == 4 and args.get("PRECISION", "ieee") != "tf32"
+        limit = fma_acc_regs if fma else acc_regs
+
+        def per_thread(c):
+            return acc_elems(c, args) / (32 * c.num_warps)
 
         def fits(c):
             smem = c.num_stages * stage_elems(c, args) * itemsize
-            return smem <= smem_bytes and acc_elems(c, args) <= acc_regs * 32 * c.num_warps
+            return smem <= smem_bytes and per_thread(c) <= limit
 
         kept = [c for c in configs if fits(c)]
-        return kept or [min(configs, key=lambda c: (acc_elems(c, args), c.num_stages * stage_elems(c, args)))]
+        if kept:
+            return kept
+        # Nothing fits both limits: the smallest accumulator per thread among the configs that
+        # fit shared memory (they must launch), else among all.
+        smem_ok = [c for c in configs if c.num_stages * stage_elems(c, args) * itemsize <= smem_bytes] or configs
+        return [min(smem_ok, key=lambda c: (per_thread(c), c.num_stages * stage_elems(c, args)))]
 
     return prune
 
