@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"report-{meta['mode']}-triton{meta['versions']['triton']}"
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows, "records": records}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(rows, records, meta))
+    Path(f"{stem}.json").write_text(json.dumps({**meta, "rows": rows, "records": records}, indent=1) + "\n")
+    Path(f"{stem}.md").write_text(markdown(rows, records, meta))
     fails = _aot.failures(records)
     print(f"{len(records)} compiles, {len(fails)} failed checks, {meta['seconds']:.0f} s -> {stem}.md")
     for row in rows:
