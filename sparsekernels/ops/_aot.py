@@ -75,6 +75,22 @@ CONV_SHAPES = {
     "r18-128to256s2": (256, 128, 16, 16, 256, 2),
     "r18-512x4": (256, 512, 4, 4, 512, 1),
 }
+# Every 3x3 convolution of ResNet-18 (CIFAR, batch 256) but the stem: shape -> how many.
+RESNET18_CONVS = {
+    "r18-64x32": 4,
+    "r18-64to128s2": 1,
+    "r18-128x16": 3,
+    "r18-128to256s2": 1,
+    "r18-256x8": 3,
+    "r18-256to512s2": 1,
+    "r18-512x4": 3,
+}
+CONV_SHAPE_TABLE = {
+    **CONV_SHAPES,
+    "r18-64to128s2": (256, 64, 32, 32, 128, 2),
+    "r18-256x8": (256, 256, 8, 8, 256, 1),
+    "r18-256to512s2": (256, 256, 8, 8, 512, 2),
+}
 DENSITY = 0.1
 
 
@@ -86,14 +102,16 @@ class Case:
     dtype: str
     block: int
     shape: str
+    density: float = 0.1
 
     @property
     def name(self) -> str:
-        return f"{self.op}-{self.dtype}-b{self.block}-{self.shape}"
+        tail = "" if self.density == DENSITY else f"-d{self.density:g}"
+        return f"{self.op}-{self.dtype}-b{self.block}-{self.shape}{tail}"
 
 
 def _conv_fits(shape: str, block: int) -> bool:
-    _, c, _, _, k, _ = CONV_SHAPES[shape]
+    _, c, _, _, k, _ = CONV_SHAPE_TABLE[shape]
     return c % block == 0 and k % block == 0
 
 
@@ -180,9 +198,43 @@ _DOT = re.compile(r"= (tt\.dot|ttng\.warp_group_dot|ttng\.tc_gen5_mma|tt\.dot_sc
 _TENSOR_LOAD = re.compile(r"= tt\.(load|descriptor_load) .*: (tensor|!tt\.tensordesc)")
 
 
+_DOT_SHAPES = re.compile(
+    r"= (?:tt\.dot|ttng\.warp_group_dot) .*?: (?:!ttg\.memdesc|tensor)<(\d+)x(\d+)x\w+.*?\* "
+    r"(?:!ttg\.memdesc|tensor)<(\d+)x(\d+)x"
+)
+_PTR_TILE = re.compile(r": tensor<([0-9x]+)x!tt\.ptr<(\w+)>")
+_SCALAR_PTR = re.compile(r"= tt\.load %\S+ : !tt\.ptr<(\w+)>")
+_DESC_TILE = re.compile(r"(?:memdesc|tensor)<([0-9x]+)x(bf16|f16|f32|i32|i64|i8|f8\w*)[,>]")
+_ELEM_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i64": 8, "i8": 1, "i1": 1}
+
+
+def _tile_bytes(dims: str, dtype: str) -> int:
+    n = 1
+    for d in dims.split("x"):
+        n *= int(d)
+    return n * _ELEM_BYTES.get(dtype, 1)
+
+
+def _load_bytes(line: str) -> int:
+    """Bytes one global load op of a loop body moves (0 if the line is no load)."""
+    if "ttg.async_copy_global_to_local" in line or re.search(r"= tt\.load ", line):
+        if m := _PTR_TILE.search(line):
+            return _tile_bytes(m.group(1), m.group(2))
+        if m := _SCALAR_PTR.search(line):
+            return _ELEM_BYTES.get(m.group(1), 4)
+    if "async_tma_copy_global_to_local" in line or "tt.descriptor_load" in line:
+        if m := _DESC_TILE.search(line.split("->")[-1]):
+            return _tile_bytes(m.group(1), m.group(2))
+    return 0
+
+
 def _loop_record(lines: list[str]) -> dict:
     waits = [int(m.group(1)) for line in lines if (m := _ASYNC_WAIT.search(line))]
+    dots = [tuple(int(x) for x in m.groups()) for line in lines if (m := _DOT_SHAPES.search(line))]
     return {
+        # [M, N, K] of each dot: A is [M, K], B is [K, N].
+        "dot_mnk": [[d[0], d[3], d[1]] for d in dots],
+        "load_bytes_per_iter": sum(_load_bytes(line) for line in lines),
         "dots": sum(1 for line in lines if _DOT.search(line)),
         "wgmma": sum(1 for line in lines if "ttng.warp_group_dot " in line),
         "async_copies": sum(1 for line in lines if "ttg.async_copy_global_to_local" in line),
@@ -315,10 +367,10 @@ def _call_launcher(case: Case) -> None:
     if case.op in MATMUL_OPS:
         M, N, K = MATMUL_SHAPES[case.shape]
         if case.op == "sdd":
-            layout = BlockLayout.random((M, N), blk, DENSITY, generator=gen)
+            layout = BlockLayout.random((M, N), blk, case.density, generator=gen)
             tb.sdd(torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype), layout)
             return
-        layout = BlockLayout.random((M, K), blk, DENSITY, generator=gen)
+        layout = BlockLayout.random((M, K), blk, case.density, generator=gen)
         values = torch.empty(layout.values_shape(), dtype=dtype)
         transpose = case.op.endswith("_t")
         if case.op.startswith("dsd"):
@@ -328,10 +380,10 @@ def _call_launcher(case: Case) -> None:
             cols = K if transpose else M
             tb.dds(torch.empty(N, cols, dtype=dtype), values, layout, transpose_sparse=transpose)
         return
-    n, c, h, w, k, stride = CONV_SHAPES[case.shape]
+    n, c, h, w, k, stride = CONV_SHAPE_TABLE[case.shape]
     ks, st, pad, dil = (3, 3), (stride, stride), (1, 1), (1, 1)
     ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
-    layout = BlockLayout.random((9 * k, c), blk, DENSITY, generator=gen)
+    layout = BlockLayout.random((9 * k, c), blk, case.density, generator=gen)
     values = torch.empty(layout.values_shape(), dtype=dtype)
     x = torch.empty(n, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
     dy = torch.empty(n, k, ho, wo, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -392,12 +444,20 @@ def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case
                 kw[name] = heur({**dict(zip(fn.arg_names, args)), **kw})
             fn = fn.fn
         name = getattr(fn, "__name__", None) or fn.fn.__name__
+        try:
+            grid = _grid(dict(zip(fn.arg_names, args)) | kw) if callable(_grid) else _grid
+            programs = 1
+            for g in grid:
+                programs *= int(g)
+        except Exception:  # noqa: BLE001 - a grid the harness cannot evaluate is left out
+            programs = None
         rec = {
             "case": case.name,
             "op": case.op,
             "dtype": case.dtype,
             "block": case.block,
             "shape": case.shape,
+            "density": case.density,
             "launch": index,
             "kernel": f"{fn.fn.__module__}.{name}",
             "config": _config_text(config),
@@ -405,6 +465,7 @@ def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case
             "configs_kept": n_kept,
             "num_warps": kw.get("num_warps", 4),
             "num_stages": kw.get("num_stages"),
+            "programs": programs,
             "compiled": False,
         }
         start = time.perf_counter()
