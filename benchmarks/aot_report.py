@@ -8,8 +8,8 @@ Compiles each kernel x kept autotune config for ``GPUTarget("cuda", 90, 32)`` wi
 triton (harness: ``sparsekernels/ops/_aot.py``) and writes ``report-<mode>-triton<version>.json``
 (every record) and ``.md`` (one row per case, then every failed check) to
 ``benchmarks/results/sm90-compile/``. The exit code is 0 whatever fails: the table is the result.
-``--known-failures`` prints the failed (case, check) pairs as the ``KNOWN_FAILURES`` literal of
-``tests/test_sm90_compile.py``.
+``--known-failures`` prints the failed (case, check) pairs as this triton version's entry of
+``KNOWN_FAILURES_BY_TRITON`` in ``tests/test_sm90_compile.py``.
 """
 
 from __future__ import annotations
@@ -120,13 +120,14 @@ def markdown(rows: list[dict], records: list[dict], meta: dict) -> str:
     return "\n".join(head + lines + tail) + "\n"
 
 
-def known_failures_literal(records: list[dict]) -> str:
-    """The failed (case, check) pairs, one reason each, as a Python dict literal."""
+def known_failures_literal(records: list[dict], version: str) -> str:
+    """The failed (case, check) pairs with a short reason, as the entry of one triton version
+    in ``KNOWN_FAILURES_BY_TRITON`` (tests/test_sm90_compile.py)."""
     pairs: dict[tuple[str, str], str] = {}
-    for case, kernel, name, why in _aot.failures(records):
-        pairs.setdefault((case, name), f"{kernel}: {why}"[:160])
-    body = "".join(f"    ({case!r}, {name!r}): {why!r},\n" for (case, name), why in sorted(pairs.items()))
-    return "KNOWN_FAILURES: dict[tuple[str, str], str] = {\n" + body + "}\n"
+    for case, _kernel, name, why in _aot.failures(records):
+        pairs.setdefault((case, name), why[:70])
+    body = "".join(f"        ({case!r}, {name!r}): {why!r},\n" for (case, name), why in sorted(pairs.items()))
+    return f"    {version!r}: {{\n{body}    }},\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               f"smem {row['smem_KB']} KB  HGMMA {row['hgmma']} HMMA {row['hmma']} "
               f"in-flight {row['in_flight']}  failed: {row['failed']}")  # fmt: skip
     if args.known_failures:
-        print(known_failures_literal(records))
+        print(known_failures_literal(records, ".".join(meta["versions"]["triton"].split(".")[:2])))
     return 0
 
 

@@ -13,6 +13,7 @@ the list must shrink with the fixes.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 
 import pytest
@@ -21,58 +22,69 @@ from sparsekernels.ops import _aot
 
 CHECKS = ("compiles", "no_spills", "shared_memory", "wgmma", "loads_in_flight")
 
-# (case name, check) -> reason, for the kernels at the last merge of the kernel branch
-# (filled from `python -m benchmarks.aot_report`; see /work/notes/sm90_harness.md).
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    (
-        "conv_dw-bf16-b32-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_weight_grad_kernel [BLOCK_P=128, w4 s3]: 1 loads in flight in a dot loop",
-    ("conv_dw-bf16-b32-r18-128x16", "wgmma"): "conv2d_weight_grad_kernel [BLOCK_P=128, w4 s3]: HGMMA 0, HMMA 16",
-    (
-        "conv_dx-bf16-b128-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_input_grad_kernel [BLOCK_P=128, w4 s3]: 1 loads in flight in a dot loop",
-    (
-        "conv_dx-bf16-b32-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_input_grad_kernel [BLOCK_P=128, w4 s3]: 1 loads in flight in a dot loop",
-    (
-        "conv_dx-bf16-b64-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_input_grad_kernel [BLOCK_P=128, w4 s3]: 1 loads in flight in a dot loop",
-    (
-        "conv_fwd-bf16-b128-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_forward_kernel [BLOCK_P=128, w4 s3]: 0 loads in flight in a dot loop",
-    (
-        "conv_fwd-bf16-b128-r18-128x16",
-        "no_spills",
-    ): "conv2d_forward_kernel [BLOCK_P=128, w4 s3]: spill stores 116 B, loads 104 B",
-    (
-        "conv_fwd-bf16-b32-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_forward_kernel [BLOCK_P=128, w4 s3]: 0 loads in flight in a dot loop",
-    (
-        "conv_fwd-bf16-b64-r18-128x16",
-        "loads_in_flight",
-    ): "conv2d_forward_kernel [BLOCK_P=128, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds-bf16-b128-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds-bf16-b32-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds-bf16-b64-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds_t-bf16-b128-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds_t-bf16-b32-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dds_t-bf16-b64-4096", "loads_in_flight"): "dds_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd-bf16-b128-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd-bf16-b32-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd-bf16-b32-4096", "wgmma"): "dsd_kernel [BLOCK_P=64, w4 s3]: HGMMA 0, HMMA 8",
-    ("dsd-bf16-b64-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd_t-bf16-b128-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd_t-bf16-b32-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("dsd_t-bf16-b32-4096", "wgmma"): "dsd_kernel [BLOCK_P=64, w4 s3]: HGMMA 0, HMMA 8",
-    ("dsd_t-bf16-b64-4096", "loads_in_flight"): "dsd_kernel [BLOCK_P=64, w4 s3]: 0 loads in flight in a dot loop",
-    ("sdd-bf16-b32-4096", "wgmma"): "sdd_kernel [BLOCK_K=32, w4 s3]: HGMMA 0, HMMA 4",
+# Per triton minor version: (case name, check) -> reason, for the kernels at the last merge of
+# the kernel branch (printed by `python -m benchmarks.aot_report --quick --known-failures`;
+# see /work/notes/sm90_harness.md). 3.6 is the GPU machine's version, 3.9 this CI's main leg.
+KNOWN_FAILURES_BY_TRITON: dict[str, dict[tuple[str, str], str]] = {
+    "3.9": {
+        ("conv_dw-bf16-b32-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dw-bf16-b32-r18-128x16", "wgmma"): "HGMMA 0, HMMA 16",
+        ("conv_dx-bf16-b128-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dx-bf16-b32-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dx-bf16-b64-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b128-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b128-r18-128x16", "no_spills"): "spill stores 116 B, loads 104 B",
+        ("conv_fwd-bf16-b32-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b64-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
+        ("dsd-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
+        ("dsd_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("sdd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 4",
+    },
+    "3.6": {
+        ("conv_dw-bf16-b32-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dw-bf16-b32-r18-128x16", "wgmma"): "HGMMA 0, HMMA 16",
+        ("conv_dx-bf16-b128-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dx-bf16-b32-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_dx-bf16-b64-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b128-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b128-r18-128x16", "no_spills"): "spill stores 88 B, loads 76 B",
+        ("conv_fwd-bf16-b32-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("conv_fwd-bf16-b64-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dds_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
+        ("dsd-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("dsd_t-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
+        ("dsd_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
+        ("sdd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 4",
+    },
 }
+TRITON = ".".join(importlib.metadata.version("triton").split(".")[:2]) if importlib.util.find_spec("triton") else None
+# Another triton version: the known failures of any table are expected, not required (strict=False).
+KNOWN_FAILURES = KNOWN_FAILURES_BY_TRITON.get(TRITON)
+STRICT = KNOWN_FAILURES is not None
+if KNOWN_FAILURES is None:
+    KNOWN_FAILURES = {k: v for table in KNOWN_FAILURES_BY_TRITON.values() for k, v in table.items()}
 
 
 def _have_nvidia_backend() -> bool:
@@ -92,7 +104,7 @@ def _params(case_list):
             marks = []
             reason = KNOWN_FAILURES.get((case.name, name))
             if reason:
-                marks.append(pytest.mark.xfail(strict=True, reason=reason))
+                marks.append(pytest.mark.xfail(strict=STRICT, reason=reason))
             out.append(pytest.param(case, name, id=f"{case.name}-{name}", marks=marks))
     return out
 
