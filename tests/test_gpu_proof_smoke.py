@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["ceilings", "correctness", "matmul", "conv", "layout", "train", "graph"]
+SECTIONS = ["compile", "ceilings", "correctness", "matmul", "conv", "layout", "train", "graph"]
 
 
 def test_gpu_proof_smoke(tmp_path):
@@ -43,6 +43,7 @@ def test_gpu_proof_smoke(tmp_path):
     conv = sections["conv"]["results"]["rows"]
     assert {r["op"] for r in conv} == {"conv_fwd", "conv_dx", "conv_dw"} and all(r["ms"] > 0 for r in conv)
     assert sections["layout"]["results"]["layers"]
+    assert sections["compile"]["results"]["kernel_configs"] >= sections["compile"]["results"]["launches"] > 20
     train = sections["train"]["results"]
     assert train["dense_median_ms"] > 0 and train["sparse_d0.1_b32_median_ms"] > 0
 

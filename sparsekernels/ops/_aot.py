@@ -338,19 +338,6 @@ def _install_stub_driver() -> None:
     driver.set_active(_Sm90Driver())
 
 
-def _capture_launches():
-    """Make ``kernel[grid](...)`` record its launch instead of running; returns the record list."""
-    from triton.runtime.jit import KernelInterface
-
-    launches = []
-
-    def getitem(self, grid):
-        return lambda *args, **kwargs: launches.append((self, grid, args, kwargs))
-
-    KernelInterface.__getitem__ = getitem
-    return launches
-
-
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -416,19 +403,21 @@ def _config_text(config) -> str:
     return f"{kw}{', ' if kw else ''}w{config.num_warps} s{config.num_stages}"
 
 
-def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case, index: int) -> Iterable[dict]:
-    """Compile one captured launch at each config its autotuner keeps; yield one record each."""
+def kept_configs(launch, all_configs: bool = True):
+    """For one captured launch ``(kernel, grid, args, kwargs)``: yield ``(jit_fn, kwargs, config,
+    (configs listed, configs kept))`` for each config its autotuner keeps (the autotuner's own
+    ``prune_configs``), with the config's meta-parameters, pre-hook and heuristics applied. A
+    launch without an autotuner yields its own kwargs once (config None)."""
     from triton.runtime.autotuner import Autotuner, Heuristics
 
     outer, _grid, args, kwargs = launch
     kernel = outer
     configs: list = [None]
-    n_configs = n_kept = None
+    counts = (None, None)
     if isinstance(kernel, Autotuner):
         kernel.nargs = dict(zip(kernel.arg_names, args))
-        n_configs = len(kernel.configs)
         configs = kernel.prune_configs(dict(kwargs))
-        n_kept = len(configs)
+        counts = (len(kernel.configs), len(configs))
         if not all_configs:
             configs = configs[:1]
         kernel = kernel.fn
@@ -443,6 +432,32 @@ def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case
             for name, heur in fn.values.items():
                 kw[name] = heur({**dict(zip(fn.arg_names, args)), **kw})
             fn = fn.fn
+        yield fn, kw, config, counts
+
+
+def capture_launches(call) -> list:
+    """Run ``call()`` with every ``kernel[grid](...)`` recorded instead of launched; returns the
+    records ``(kernel, grid, args, kwargs)``. Outputs the launchers return are left unwritten."""
+    from triton.runtime.jit import KernelInterface
+
+    launches: list = []
+    saved = KernelInterface.__getitem__
+
+    def getitem(self, grid):
+        return lambda *args, **kwargs: launches.append((self, grid, args, kwargs))
+
+    KernelInterface.__getitem__ = getitem
+    try:
+        call()
+    finally:
+        KernelInterface.__getitem__ = saved
+    return launches
+
+
+def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case, index: int) -> Iterable[dict]:
+    """Compile one captured launch at each config its autotuner keeps; yield one record each."""
+    _outer, _grid, args, _kwargs = launch
+    for fn, kw, config, (n_configs, n_kept) in kept_configs(launch, all_configs):
         name = getattr(fn, "__name__", None) or fn.fn.__name__
         try:
             grid = _grid(dict(zip(fn.arg_names, args)) | kw) if callable(_grid) else _grid
@@ -503,22 +518,20 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
     os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # the ptxas log comes from a fresh compile
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     _install_stub_driver()
-    launches = _capture_launches()
     asm_dir = Path(keep_asm) if keep_asm else None
     if asm_dir is not None:
         asm_dir.mkdir(parents=True, exist_ok=True)
     for cd in case_dicts:
         case = Case(**cd)
-        launches.clear()
         try:
-            _call_launcher(case)
+            launches = capture_launches(lambda case=case: _call_launcher(case))
         except Exception as exc:  # noqa: BLE001
             print(json.dumps({"case": case.name, **cd, "compiled": False, "error": f"launcher: {exc!r}"}), file=out)
             out.flush()
             continue
         if not launches:
             print(json.dumps({"case": case.name, **cd, "compiled": False, "error": "no kernel launch"}), file=out)
-        for index, launch in enumerate(list(launches)):
+        for index, launch in enumerate(launches):
             for rec in _compile_launch(launch, all_configs, asm_dir, case, index):
                 print(json.dumps(rec), file=out)
                 out.flush()
