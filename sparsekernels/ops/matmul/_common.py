@@ -70,27 +70,43 @@ def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[t
     return [interpreter] if interpreter_enabled() else gpu
 
 
-def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128):
+def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128, fma_acc_regs: int = 32):
     """An ``early_config_prune`` dropping configs that cannot run well on the GPU: pipelined
     tiles overflowing shared memory (``num_stages * stage_elems`` operand elements), or an
     fp32 accumulator above ``acc_regs`` registers per thread (it would spill).
 
+    fp32 operands with ``PRECISION="ieee"`` (no TF32) have no tensor-core path: the dot is a
+    register-blocked FMA loop whose operand fragments live in registers beside the
+    accumulator, so the limit there is ``fma_acc_regs`` (sm_90 compiles, measured: a
+    [128, 64] fp32 accumulator on 4 warps, 64 per thread, spilled ~30 KB; 32 per thread did
+    not spill).
+
     ``stage_elems(config, args)`` / ``acc_elems(config, args)`` count elements from the
     config and the launch arguments; the operand dtype is that of ``values_ptr`` or
-    ``a_ptr``. At least one config is kept (the smallest), as the autotuner requires.
+    ``a_ptr``. At least one config is kept, as the autotuner requires.
     """
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         ref = args.get("values_ptr", args.get("a_ptr"))
         itemsize = ref.element_size() if hasattr(ref, "element_size") else 4
+        fma = itemsize == 4 and args.get("PRECISION", "ieee") != "tf32"
+        limit = fma_acc_regs if fma else acc_regs
+
+        def per_thread(c):
+            return acc_elems(c, args) / (32 * c.num_warps)
 
         def fits(c):
             smem = c.num_stages * stage_elems(c, args) * itemsize
-            return smem <= smem_bytes and acc_elems(c, args) <= acc_regs * 32 * c.num_warps
+            return smem <= smem_bytes and per_thread(c) <= limit
 
         kept = [c for c in configs if fits(c)]
-        return kept or [min(configs, key=lambda c: (acc_elems(c, args), c.num_stages * stage_elems(c, args)))]
+        if kept:
+            return kept
+        # Nothing fits both limits: the smallest accumulator per thread among the configs that
+        # fit shared memory (they must launch), else among all.
+        smem_ok = [c for c in configs if c.num_stages * stage_elems(c, args) * itemsize <= smem_bytes] or configs
+        return [min(smem_ok, key=lambda c: (per_thread(c), c.num_stages * stage_elems(c, args)))]
 
     return prune
 

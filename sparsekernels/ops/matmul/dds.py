@@ -11,8 +11,14 @@ swapping its strides at the load, so no transposed copy of ``values`` exists.
 Grid: 1-D, ``pid -> (P tile, segment, chunk)`` with the chunk fastest, then the segment:
 programs that run together read the same rows ``a[tile, :]``, which stay in L2. Leading dims
 of ``a`` are flattened into the row dimension ``P`` (a view when strides allow). Each program
-accumulates a ``[BLOCK_P, BO]`` fp32 tile over its blocks; long segments are cut into chunks
-whose partials go through an fp32 workspace (see ``_common``).
+accumulates a ``[BLOCK_P, BO]`` fp32 tile over its blocks: the MMA's M is the dense dimension
+(``BLOCK_P`` >= 64, warpgroup MMA at every block size), its N the block. Long segments are cut
+into chunks whose partials go through an fp32 workspace (see ``_common``).
+
+Pipelining: the gathered indices of the next block are loaded one iteration ahead, so the tile
+loads depend on loop-carried registers only and the software pipeliner keeps ``num_stages``
+buffers (``num_stages - 1`` blocks in flight; loading the index in the iteration that used it
+compiled to two buffers and a full wait per block).
 
 Autotune key: ``N_OUT, K_IN, P, BO, BI`` and dtypes: shapes only, never ``nnz`` or the mask.
 """
@@ -38,11 +44,15 @@ from sparsekernels.ops.matmul._common import (
 
 
 def _configs() -> list[triton.Config]:
-    # BLOCK_P 256 reuses each value block over more rows (for blocks up to 64: the
-    # accumulator limit of make_prune drops it for 128).
+    # BLOCK_P is the MMA's M: 64 per warpgroup at least (warpgroup MMA), 256 reuses each value
+    # block over more rows (for blocks up to 64: the accumulator limit of make_prune drops it
+    # for 128). 8 warps on 64 rows split the block (N) between the warpgroups; kept for the
+    # fp32 FMA path, whose accumulator must stay at 32 registers per thread.
     gpu = [
-        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=s) for bp in (64, 128) for w in (4, 8) for s in (3, 4)
-    ] + [triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=s) for s in (3, 4)]
+        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=s)
+        for bp, w in ((64, 4), (128, 4), (128, 8), (256, 8))
+        for s in (3, 4)
+    ] + [triton.Config({"BLOCK_P": 64}, num_warps=8, num_stages=3)]
     return pick_configs(gpu, triton.Config({"BLOCK_P": 32}, num_warps=4, num_stages=1))
 
 
@@ -114,15 +124,29 @@ def dds_kernel(
         p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [BI, BO]
 
         b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
-        # int64 loop index: slot * stride_vs can pass 2^31 (the interpreter yields Python ints).
-        for i_e in range(i_lo.to(tl.int64), i_hi):
-            i_in = tl.load(inner_ptr + i_e).to(tl.int64)
+        # The next entry's indices are loaded one iteration ahead (loop-carried), so an
+        # iteration's tile loads depend on registers only and the software pipeliner keeps
+        # num_stages - 1 iterations of tiles in flight (a load of the index inside the
+        # iteration that uses it left one buffer and a full wait per block).
+        m_next = i_lo < i_hi
+        i_in = tl.load(inner_ptr + i_lo, mask=m_next, other=0)
+        if GATHER:
+            i_slot = tl.load(slots_ptr + i_lo, mask=m_next, other=0)
+        else:
+            # int64: slot * stride_vs can pass 2^31; advanced by pointer (the interpreter's
+            # loop index is a Python int, which has no .to()).
+            p_v = p_v0 + i_lo.to(tl.int64) * stride_vs
+        for i_e in range(i_lo, i_hi):
             if GATHER:
-                i_slot = tl.load(slots_ptr + i_e).to(tl.int64)
+                p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
+            b_a = tl.load(p_a0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_ak, mask=m_p[:, None], other=0.0)
+            b_v = tl.load(p_v)  # [BI, BO]
+            m_next = i_e + 1 < i_hi
+            i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
+            if GATHER:
+                i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
             else:
-                i_slot = i_e
-            b_a = tl.load(p_a0 + (i_in * BI + o_i)[None, :] * stride_ak, mask=m_p[:, None], other=0.0)  # [BLOCK_P, BI]
-            b_v = tl.load(p_v0 + i_slot * stride_vs)  # [BI, BO]
+                p_v += stride_vs
             if UPCAST:
                 b_a = b_a.to(tl.float32)
                 b_v = b_v.to(tl.float32)

@@ -10,9 +10,20 @@ block dim ``BO``, an inner block dim ``BI`` and value strides; the launcher pick
 
 Grid: 1-D, ``pid -> (batch, P tile, segment, chunk)`` with the chunk fastest, then the
 segment: programs that run together work on the same P tile of ``b`` (all of ``b[:, tile]``
-stays in L2 while every segment reads it). Each program accumulates a ``[BO, BLOCK_P]`` fp32
-tile over its blocks. Long segments are cut into chunks (``_common.split_plan``) whose
-partials go through an fp32 workspace and ``reduce_split_partials_kernel``.
+stays in L2 while every segment reads it). Each program accumulates the *transposed* output
+tile ``[BLOCK_P, BO]`` = ``b[:, tile]ᵀ @ Vᵀ`` over its blocks, so the MMA's M is the dense
+dimension (``BLOCK_P`` >= 64) at every block size: Hopper's warpgroup MMA needs M >= 64 per
+warpgroup, and the untransposed ``[BO, BLOCK_P]`` tile put a 16/32 block there and lowered to
+the older HMMA. The MMA's N is the block (``BO``): a larger N would need several output
+block-rows sharing their inner blocks, which a sparse layout does not give.
+
+Pipelining: the gathered indices of the next block are loaded one iteration ahead, so the tile
+loads depend on loop-carried registers only and the software pipeliner keeps ``num_stages``
+buffers (``num_stages - 1`` blocks in flight; loading the index in the iteration that used it
+compiled to one buffer and a full wait per block). Long segments are cut into chunks
+(``_common.split_plan``) whose partials go through an fp32 workspace and
+``reduce_split_partials_kernel``: deterministic, and a persistent work-list scheduler would add
+a device-side queue for a case (very uneven rows) that the split already covers.
 
 Autotune key: ``M_OUT, K_IN, P, N_BATCH, BO, BI`` and dtypes: shapes only. ``nnz`` and the
 chunking ints are plain (unspecialised) runtime arguments, never ``tl.constexpr``.
@@ -39,11 +50,15 @@ from sparsekernels.ops.matmul._common import (
 
 
 def _configs() -> list[triton.Config]:
-    # BLOCK_P 256 reuses each value block over more rows (for blocks up to 64: the
-    # accumulator limit of make_prune drops it for 128).
+    # BLOCK_P is the MMA's M: 64 per warpgroup at least (warpgroup MMA), 256 reuses each value
+    # block over more rows (for blocks up to 64: the accumulator limit of make_prune drops it
+    # for 128). 8 warps on 64 rows split the block (N) between the warpgroups; kept for the
+    # fp32 FMA path, whose accumulator must stay at 32 registers per thread.
     gpu = [
-        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=s) for bp in (64, 128) for w in (4, 8) for s in (3, 4)
-    ] + [triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=s) for s in (3, 4)]
+        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=s)
+        for bp, w in ((64, 4), (128, 4), (128, 8), (256, 8))
+        for s in (3, 4)
+    ] + [triton.Config({"BLOCK_P": 64}, num_warps=8, num_stages=3)]
     return pick_configs(gpu, triton.Config({"BLOCK_P": 32}, num_warps=4, num_stages=1))
 
 
@@ -116,30 +131,46 @@ def dsd_kernel(
         o_i = tl.arange(0, BI)
         o_p = i_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         m_p = o_p < P
-        p_v0 = values_ptr + o_o[:, None] * stride_vo + o_i[None, :] * stride_vi  # [BO, BI]
-        p_b0 = b_ptr + i_b * stride_bb + o_p[None, :] * stride_bp  # [1, BLOCK_P]
+        # Transposed tile: out[seg]ᵀ [BLOCK_P, BO] = b[tile]ᵀ [BLOCK_P, BI] @ Vᵀ [BI, BO], so the
+        # MMA's M is BLOCK_P (>= 64: warpgroup MMA at every block size) and N the block.
+        p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [BI, BO]
+        p_b0 = b_ptr + i_b * stride_bb + o_p[:, None] * stride_bp  # [BLOCK_P, 1]
 
-        b_acc = tl.zeros([BO, BLOCK_P], dtype=tl.float32)
-        # int64 loop index: slot * stride_vs can pass 2^31 (the interpreter yields Python ints).
-        for i_e in range(i_lo.to(tl.int64), i_hi):
-            i_in = tl.load(inner_ptr + i_e).to(tl.int64)
+        b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
+        # The next entry's indices are loaded one iteration ahead (loop-carried), so an
+        # iteration's tile loads depend on registers only and the software pipeliner keeps
+        # num_stages - 1 iterations of tiles in flight (loading the index in the iteration
+        # that uses it left one buffer and a full wait per block).
+        m_next = i_lo < i_hi
+        i_in = tl.load(inner_ptr + i_lo, mask=m_next, other=0)
+        if GATHER:
+            i_slot = tl.load(slots_ptr + i_lo, mask=m_next, other=0)
+        else:
+            # int64: slot * stride_vs can pass 2^31; advanced by pointer (the interpreter's
+            # loop index is a Python int, which has no .to()).
+            p_v = p_v0 + i_lo.to(tl.int64) * stride_vs
+        for i_e in range(i_lo, i_hi):
             if GATHER:
-                i_slot = tl.load(slots_ptr + i_e).to(tl.int64)
+                p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
+            b_v = tl.load(p_v)  # [BI, BO]
+            b_b = tl.load(p_b0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_bk, mask=m_p[:, None], other=0.0)
+            m_next = i_e + 1 < i_hi
+            i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
+            if GATHER:
+                i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
             else:
-                i_slot = i_e
-            b_v = tl.load(p_v0 + i_slot * stride_vs)  # [BO, BI]
-            b_b = tl.load(p_b0 + (i_in * BI + o_i)[:, None] * stride_bk, mask=m_p[None, :], other=0.0)  # [BI, BLOCK_P]
+                p_v += stride_vs
             if UPCAST:
                 b_v = b_v.to(tl.float32)
                 b_b = b_b.to(tl.float32)
-            b_acc = tl.dot(b_v, b_b, b_acc, input_precision=PRECISION)
+            b_acc = tl.dot(b_b, b_v, b_acc, input_precision=PRECISION)  # [BLOCK_P, BO]
 
         if is_split:
             o_w = ((i_b * n_segs + i_seg) * N_SPLITS + i_split) * BO + o_o
-            tl.store(ws_ptr + o_w[:, None] * P + o_p[None, :], b_acc, mask=m_p[None, :])
+            tl.store(ws_ptr + o_w[None, :] * P + o_p[:, None], b_acc, mask=m_p[:, None])
         else:
-            p_o = out_ptr + i_b * stride_ob + (i_seg.to(tl.int64) * BO + o_o)[:, None] * stride_om
-            tl.store(p_o + o_p[None, :] * stride_op, b_acc.to(out_ptr.dtype.element_ty), mask=m_p[None, :])
+            p_o = out_ptr + i_b * stride_ob + (i_seg.to(tl.int64) * BO + o_o)[None, :] * stride_om
+            tl.store(p_o + o_p[:, None] * stride_op, b_acc.to(out_ptr.dtype.element_ty), mask=m_p[:, None])
 
 
 def dsd(
