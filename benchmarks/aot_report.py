@@ -9,7 +9,8 @@ triton (harness: ``sparsekernels/ops/_aot.py``) and writes ``report-<mode>-trito
 (every record) and ``.md`` (one row per case, then every failed check) to
 ``benchmarks/results/sm90-compile/``. The exit code is 0 whatever fails: the table is the result.
 ``--known-failures`` prints the failed (case, check) pairs as this triton version's entry of
-``KNOWN_FAILURES_BY_TRITON`` in ``tests/test_sm90_compile.py``.
+``KNOWN_FAILURES_BY_TRITON`` (``--quick``) or ``KNOWN_FULL_FAILURES_BY_TRITON`` (full sweep) in
+``tests/test_sm90_compile.py``.
 """
 
 from __future__ import annotations

@@ -38,21 +38,6 @@ KNOWN_FAILURES_BY_TRITON: dict[str, dict[tuple[str, str], str]] = {
         ("conv_fwd-bf16-b128-r18-128x16", "no_spills"): "spill stores 116 B, loads 104 B",
         ("conv_fwd-bf16-b32-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
         ("conv_fwd-bf16-b64-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
-        ("dsd-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
-        ("dsd_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("sdd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 4",
     },
     "3.6": {
         ("conv_dw-bf16-b32-r18-128x16", "loads_in_flight"): "1 loads in flight in a dot loop",
@@ -64,29 +49,21 @@ KNOWN_FAILURES_BY_TRITON: dict[str, dict[tuple[str, str], str]] = {
         ("conv_fwd-bf16-b128-r18-128x16", "no_spills"): "spill stores 88 B, loads 76 B",
         ("conv_fwd-bf16-b32-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
         ("conv_fwd-bf16-b64-r18-128x16", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dds_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
-        ("dsd-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b128-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b32-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("dsd_t-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 8",
-        ("dsd_t-bf16-b64-4096", "loads_in_flight"): "0 loads in flight in a dot loop",
-        ("sdd-bf16-b32-4096", "wgmma"): "HGMMA 0, HMMA 4",
     },
 }
+# The same for the full sweep (every kept config, dtype and block; `-m slow`), from
+# `python -m benchmarks.aot_report --known-failures` (benchmarks/results/sm90-compile/report-full-*).
+KNOWN_FULL_FAILURES_BY_TRITON: dict[str, dict[tuple[str, str], str]] = {}
+
 TRITON = ".".join(importlib.metadata.version("triton").split(".")[:2]) if importlib.util.find_spec("triton") else None
-# Another triton version: the known failures of any table are expected, not required (strict=False).
-KNOWN_FAILURES = KNOWN_FAILURES_BY_TRITON.get(TRITON)
-STRICT = KNOWN_FAILURES is not None
-if KNOWN_FAILURES is None:
-    KNOWN_FAILURES = {k: v for table in KNOWN_FAILURES_BY_TRITON.values() for k, v in table.items()}
+
+
+def _table(by_version: dict) -> tuple[dict[tuple[str, str], str], bool]:
+    """This triton's known failures and whether they are strict; for a version without a table,
+    the known failures of every table are expected but not required (strict=False)."""
+    if TRITON in by_version:
+        return by_version[TRITON], True
+    return {k: v for table in by_version.values() for k, v in table.items()}, False
 
 
 def _have_nvidia_backend() -> bool:
@@ -99,14 +76,15 @@ def _have_nvidia_backend() -> bool:
 needs_backend = pytest.mark.skipif(not _have_nvidia_backend(), reason="triton's NVIDIA backend is not installed")
 
 
-def _params(case_list):
+def _params(case_list, by_version: dict):
+    known, strict = _table(by_version)
     out = []
     for case in case_list:
         for name in CHECKS:
             marks = []
-            reason = KNOWN_FAILURES.get((case.name, name))
+            reason = known.get((case.name, name))
             if reason:
-                marks.append(pytest.mark.xfail(strict=STRICT, reason=reason))
+                marks.append(pytest.mark.xfail(strict=strict, reason=reason))
             out.append(pytest.param(case, name, id=f"{case.name}-{name}", marks=marks))
     return out
 
@@ -147,14 +125,14 @@ def full_records(request) -> list[dict]:
 
 
 @needs_backend
-@pytest.mark.parametrize("case,check", _params(_aot.quick_cases()))
+@pytest.mark.parametrize("case,check", _params(_aot.quick_cases(), KNOWN_FAILURES_BY_TRITON))
 def test_sm90_quick(quick_records, case, check):
     _assert_check(quick_records, case, check)
 
 
 @needs_backend
 @pytest.mark.slow
-@pytest.mark.parametrize("case,check", _params(_aot.full_cases()))
+@pytest.mark.parametrize("case,check", _params(_aot.full_cases(), KNOWN_FULL_FAILURES_BY_TRITON))
 def test_sm90_full(full_records, case, check):
     _assert_check(full_records, case, check)
 
