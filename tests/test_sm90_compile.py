@@ -1,7 +1,7 @@
 """The Triton kernels compiled for Hopper (sm_90) on the CPU: registers, spills, shared memory,
 warpgroup MMA and software pipelining (issue 12, point 1; harness: ``sparsekernels.ops._aot``).
 
-The quick subset (every op, bf16, blocks 32/64/128, headline shapes, the first config each
+The quick subset (sdd, dsd, dds, conv fwd/dx/dW, bf16, blocks 32/64/128, headline shapes, the first config each
 prune keeps) runs in CI; the full sweep (every dtype, block, four ResNet-18 3x3 shapes and every
 kept config) is marked ``slow`` and runs only when selected
 (``pytest -m slow tests/test_sm90_compile.py``). Compiles run in a subprocess with
