@@ -25,6 +25,16 @@ Writes ``benchmarks/results/cuda-<gpu>-<date>/proof.json`` and ``proof.md`` (dev
 figure beside its MODEL prediction from ``benchmarks/results/model-h200/roofline.json`` where one
 exists) and prints a summary. Kernels autotune in-process (autotune results cached on disk:
 ``TRITON_CACHE_AUTOTUNING=1``), so a rerun in the same lease skips compile and tuning.
+
+On this workplace's lent H200 (device tool; nothing to carry, nothing to install), one call:
+
+    run(command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu_proof.py --out $OUT/proof 2>&1 | tee $OUT/proof.log",
+        timeout_s=500)
+
+then copy ``proof.json``/``proof.md`` from the returned files into
+``benchmarks/results/cuda-nvidia-h200-<date>/`` and commit them. A rerun of only what failed:
+``--only matmul conv`` (the machine keeps its triton cache while warm). ``--compile-threads 0``
+turns the parallel up-front compile off (then each section compiles as it autotunes).
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ class Proof:
         self.out, self.budget_s, self.smoke, self.device = out, budget_s, smoke, device
         self.record: dict = {"proof": "sparsekernels GPU proof (issue 12)", "smoke": smoke, "sections": {}}
         self.model = _load_model()
+        self.compile_threads = os.cpu_count() or 4
 
     def elapsed(self) -> float:
         return time.perf_counter() - START
@@ -606,7 +617,10 @@ def section_compile(proof: Proof) -> dict:
         return out
     import triton
 
-    workers = max(4, os.cpu_count() or 4)
+    workers = proof.compile_threads or 0
+    if workers <= 0:
+        out["note"] = "parallel compile off (--compile-threads 0): sections compile as they autotune"
+        return out
     t0 = time.perf_counter()
     with triton.AsyncCompileMode(ThreadPoolExecutor(workers), ignore_errors=True):
         for fn, args, kw in jobs:
@@ -723,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds (default 450 on GPU, 600 smoke)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/cuda-<gpu>-<date>)")
     parser.add_argument("--only", nargs="+", choices=[s[0] for s in SECTIONS], default=None)
+    parser.add_argument("--compile-threads", type=int, default=os.cpu_count() or 4, help="0: no up-front compile")
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
@@ -738,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"{device_slug(device)}-{date}"
     budget = args.budget or (600.0 if args.smoke else 450.0)
     proof = Proof(out, budget, args.smoke, device)
+    proof.compile_threads = args.compile_threads
     env = environment(device)
     import numpy
     import triton
