@@ -236,7 +236,8 @@ def _check_op(case: dict, device: torch.device, smoke: bool) -> float:
         return rel_error(tb.dds(a, values, layout, t), ref.dds(d64(a), d64(values), lay64, t))
     if op.startswith("conv_"):
         c = k = max(2 * blk, 32)
-        nb, hw = (2, 8) if smoke else (8, 16)
+        # < 1024 output pixels: the conv prunes keep one config, so correctness adds few compiles.
+        nb, hw = (2, 8) if smoke else (2, 16)
         layout = _layout((9 * k, c), blk, 0.3, device, seed)
         lay64 = layout.to("cpu")
         values = rnd(*layout.values_shape())
