@@ -92,8 +92,7 @@ def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) ->
     return launch_forward(
         _channels_last(x),
         values.contiguous(),
-        layout.row_offsets,
-        layout.col_indices,
+        layout,
         K,
         (Ho, Wo),
         kernel_size,
@@ -123,9 +122,7 @@ def conv2d_input_grad(dy, values, layout, input_shape, kernel_size, stride, padd
     return launch_input_grad(
         _channels_last(dy),
         values.contiguous(),
-        layout.col_offsets,
-        layout.row_indices_t,
-        layout.block_indices_t,
+        layout,
         input_shape,
         kernel_size,
         stride,
@@ -158,4 +155,5 @@ def conv2d_weight_grad(x, dy, layout, kernel_size, stride, padding, dilation) ->
         stride,
         padding,
         _allow_tf32(),
+        row_offsets=layout.row_offsets,
     )

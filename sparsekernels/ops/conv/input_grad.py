@@ -10,51 +10,101 @@ over the entries whose divisions are exact and land inside ``dy``.
 
 Stride > 1 (sub-pixel decomposition): the input pixels are split into ``st_h * st_w`` parity
 classes ``(h mod st_h, w mod st_w)``. Within one class the exactness of both divisions is the
-same for every pixel, so a program works on a tile of a single class and skips whole taps
-whose parity does not match (a scalar test per column entry), instead of masking 3 of 4
-pixels of every tile (3x3, stride 2). Classes are padded to ``ceil(H/st_h) x ceil(W/st_w)``
-so every class has the same tile count; the padding rows are masked. For stride 1 there is
-one class and every entry is used.
+same for every pixel, and each tap ``(r, s)`` is exact for exactly one class
+(``h ≡ r - pad_h mod st_h``, likewise for ``w``). So the entries are sorted once per layout into
+per-(class, cb) segments (:func:`input_grad_entries`, on the device, cached per layout, no host
+sync) and a program on a tile of one class walks only its class's entries: no test per entry,
+no masked-out 3 of 4 pixels (3x3, stride 2). Classes are padded to
+``ceil(H/st_h) x ceil(W/st_w)`` so every class has the same tile count; the padding rows are
+masked. For stride 1 there is one class and the segments are the layout's own columns.
+
+One loop per program over its segment, with the next entry's indices loaded one iteration
+ahead (loop-carried), so the tile loads depend on registers only and the software pipeliner
+keeps ``num_stages`` buffers (``num_stages - 1`` blocks in flight). MMA shape: M = ``BLOCK_P``
+(>= 64: warpgroup MMA at every block size), N = ``bc``, K = ``bk``; a larger N would multiply
+zero blocks of the other channel blocks' sparsity (see ``forward.py``).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import triton
 import triton.language as tl
 
+from sparsekernels.layout import BlockLayout
 from sparsekernels.ops._alloc import new_output
 from sparsekernels.ops._triton_utils import dot_precision, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
-# Same shape of problem as the forward pass (M = pixels, N = bc, K = bk per block).
+# Same shape of problem as the forward pass (M = pixels, N = bc, K = bk per block); 3-4 stages
+# keep 2-3 gathered tiles in flight.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_P": 128}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_P": 128}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=3),
 ]
 _INTERPRETER_CONFIGS = [triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=1)]
 _TUNE_MIN_PIXELS = 1024
 _SMEM_BYTES = 200 * 1024
+# fp32 accumulator registers per thread: tensor-core dots, FMA dots (fp32 without TF32).
+_ACC_REGS, _FMA_ACC_REGS = 128, 32
 
 
 def _prune(configs, named_args, **kwargs):
     """Drop configs whose accumulator or pipelined tiles do not fit; tiny problems keep one."""
     bk, bc = kwargs["BLOCK_K"], kwargs["BLOCK_C"]
     size = named_args["dy"].element_size()
+    fma = size == 4 and kwargs.get("DOT_PRECISION", "ieee") != "tf32"
+    limit = _FMA_ACC_REGS if fma else _ACC_REGS
+
+    def registers(c):
+        return c.kwargs["BLOCK_P"] * bc // (32 * c.num_warps)  # fp32 accumulator registers per thread
 
     def fits(c):
-        p = c.kwargs["BLOCK_P"]
-        registers = p * bc // (32 * c.num_warps)  # fp32 accumulator registers per thread
-        return registers <= 128 and c.num_stages * (p * bk + bk * bc) * size <= _SMEM_BYTES
+        return registers(c) <= limit and c.num_stages * (c.kwargs["BLOCK_P"] * bk + bk * bc) * size <= _SMEM_BYTES
 
-    kept = [c for c in configs if fits(c)] or configs[-1:]
+    kept = [c for c in configs if fits(c)] or [min(configs, key=registers)]
     if named_args["N"] * named_args["H"] * named_args["W"] < _TUNE_MIN_PIXELS:
         return kept[:1]
     return kept
+
+
+_ENTRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def input_grad_entries(
+    layout: BlockLayout, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(seg_offsets, e_row, e_slot)``: entries of segment ``cls * (C/bc) + cb`` are
+    ``seg_offsets[seg]:seg_offsets[seg+1]``, each with its block-row ``t*(K/bk) + kb`` and value
+    slot (int32). Stride 1: the layout's column traversal itself."""
+    if stride == (1, 1):
+        return layout.col_offsets, layout.row_indices_t, layout.block_indices_t
+    key = (kernel_size, stride, padding)
+    cached = _ENTRIES.get(layout)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    (rows_total, C), (bk, bc) = layout.shape, layout.block_size
+    (R, S), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    nk, nc = rows_total // (R * S * bk), C // bc
+    row = layout.row_indices_t.long()
+    tap = row // nk
+    cls = torch.remainder(tap // S - ph, sh) * sw + torch.remainder(tap % S - pw, sw)
+    seg = cls * nc + layout.col_indices[layout.block_indices_t.long()].long()
+    order = torch.argsort(seg, stable=True)
+    bounds = torch.arange(sh * sw * nc + 1, device=row.device)
+    entries = (
+        torch.searchsorted(seg[order], bounds).to(torch.int32),
+        layout.row_indices_t[order].contiguous(),
+        layout.block_indices_t[order].contiguous(),
+    )
+    _ENTRIES[layout] = (key, entries)
+    return entries
 
 
 @triton.autotune(
@@ -66,9 +116,9 @@ def _prune(configs, named_args, **kwargs):
 def conv2d_input_grad_kernel(
     dy,  # [N, Ho, Wo, K] channels-last
     values,  # [nnz, BLOCK_K, BLOCK_C]
-    col_offsets,  # int32 [C/BLOCK_C + 1]
-    row_indices_t,  # int32 [nnz]
-    block_indices_t,  # int32 [nnz]
+    seg_offsets,  # int32 [stride_h*stride_w*C/BLOCK_C + 1]: entry range of each (class, cb)
+    e_row,  # int32 [nnz]: block-row t*(K/BLOCK_K) + kb of each entry
+    e_slot,  # int32 [nnz]: value slot of each entry
     dx,  # [N, H, W, C] channels-last
     N,
     C,
@@ -113,28 +163,35 @@ def conv2d_input_grad_kernel(
     o_c = tl.arange(0, BLOCK_C)
     o_v = o_k[:, None] * BLOCK_C + o_c[None, :]
 
+    i_seg = i_cls * NC + i_c
+    e_lo = tl.load(seg_offsets + i_seg)
+    e_hi = tl.load(seg_offsets + i_seg + 1)
+    m_next = e_lo < e_hi
+    i_row = tl.load(e_row + e_lo, mask=m_next, other=0)
+    i_slot = tl.load(e_slot + e_lo, mask=m_next, other=0)
     b_acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for j in range(tl.load(col_offsets + i_c), tl.load(col_offsets + i_c + 1)):
-        i_row = tl.load(row_indices_t + j)
+    for i_e in range(e_lo, e_hi):
         i_t = i_row // NK
         i_k = i_row % NK
-        # ho = (h + pad_h - r) / stride_h = i_i + (i_ph + pad_h - r) / stride_h; stride*R keeps
-        # the numerator non-negative so % and // need no sign handling.
+        # ho = (h + pad_h - r) / stride_h = i_i + (i_ph + pad_h - r) / stride_h, exact for every
+        # entry of this class's segment; stride*R keeps the numerator non-negative so // needs
+        # no sign handling.
         d_h = i_ph + pad_h - i_t // S + stride_h * R
         d_w = i_pw + pad_w - i_t % S + stride_w * S
-        if (d_h % stride_h == 0) & (d_w % stride_w == 0):
-            o_ho = i_i + (d_h // stride_h - R)
-            o_wo = i_j + (d_w // stride_w - S)
-            m_dy = m_q & (o_ho >= 0) & (o_ho < Ho) & (o_wo >= 0) & (o_wo < Wo)
-            # int64: pixel index * K exceeds 2**31 for large batches.
-            o_dy = ((i_n * Ho + o_ho) * Wo + o_wo).to(tl.int64) * K + i_k * BLOCK_K
-            b_dy = tl.load(dy + o_dy[:, None] + o_k[None, :], mask=m_dy[:, None], other=0.0)  # [BLOCK_P, BLOCK_K]
-            i_slot = tl.load(block_indices_t + j).to(tl.int64)
-            b_v = tl.load(values + i_slot * (BLOCK_K * BLOCK_C) + o_v)  # [BLOCK_K, BLOCK_C]
-            if UPCAST:
-                b_dy = b_dy.to(tl.float32)
-                b_v = b_v.to(tl.float32)
-            b_acc = tl.dot(b_dy, b_v, b_acc, input_precision=DOT_PRECISION)
+        o_ho = i_i + (d_h // stride_h - R)
+        o_wo = i_j + (d_w // stride_w - S)
+        m_dy = m_q & (o_ho >= 0) & (o_ho < Ho) & (o_wo >= 0) & (o_wo < Wo)
+        # int64: pixel index * K exceeds 2**31 for large batches, slot * bk * bc for large layouts.
+        o_dy = ((i_n * Ho + o_ho) * Wo + o_wo).to(tl.int64) * K + i_k * BLOCK_K
+        b_dy = tl.load(dy + o_dy[:, None] + o_k[None, :], mask=m_dy[:, None], other=0.0)  # [BLOCK_P, BLOCK_K]
+        b_v = tl.load(values + i_slot.to(tl.int64) * (BLOCK_K * BLOCK_C) + o_v)  # [BLOCK_K, BLOCK_C]
+        m_next = i_e + 1 < e_hi
+        i_row = tl.load(e_row + i_e + 1, mask=m_next, other=0)
+        i_slot = tl.load(e_slot + i_e + 1, mask=m_next, other=0)
+        if UPCAST:
+            b_dy = b_dy.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        b_acc = tl.dot(b_dy, b_v, b_acc, input_precision=DOT_PRECISION)
 
     o_dx = ((i_n * H + o_h) * W + o_w).to(tl.int64) * C + i_c * BLOCK_C
     tl.store(dx + o_dx[:, None] + o_c[None, :], b_acc.to(dx.dtype.element_ty), mask=m_q[:, None])
@@ -143,9 +200,7 @@ def conv2d_input_grad_kernel(
 def launch_input_grad(
     dy: torch.Tensor,
     values: torch.Tensor,
-    col_offsets: torch.Tensor,
-    row_indices_t: torch.Tensor,
-    block_indices_t: torch.Tensor,
+    layout: BlockLayout,
     input_shape: tuple[int, int, int, int],
     kernel_size: tuple[int, int],
     stride: tuple[int, int],
@@ -155,8 +210,8 @@ def launch_input_grad(
     """Run the input-gradient kernel.
 
     dy: ``[N, K, Ho, Wo]`` channels-last contiguous (fp32|fp16|bf16); values ``[nnz, bk, bc]``
-    contiguous, same dtype; the layout's int32 CSC fields -> dx ``input_shape = [N, C, H, W]``
-    channels-last, dtype of dy.
+    contiguous, same dtype; layout: the weight's ``[R*S*K, C]`` layout -> dx
+    ``input_shape = [N, C, H, W]`` channels-last, dtype of dy.
     """
     N, K, Ho, Wo = dy.shape
     _, C, H, W = input_shape
@@ -166,12 +221,13 @@ def launch_input_grad(
     dx = new_output((N, C, H, W), dy.dtype, dy.device, memory_format=torch.channels_last)
     if dx.numel() == 0:
         return dx
+    seg_offsets, e_row, e_slot = input_grad_entries(layout, kernel_size, stride, padding)
 
     def grid(meta):
         return (sh * sw * triton.cdiv(N * Hq * Wq, meta["BLOCK_P"]) * (C // bc),)
 
     conv2d_input_grad_kernel[grid](
-        dy, values, col_offsets, row_indices_t, block_indices_t, dx,
+        dy, values, seg_offsets, e_row, e_slot, dx,
         N, C, H, W, K, Ho, Wo, R, S, sh, sw, padding[0], padding[1], Hq, Wq,
         BLOCK_K=bk,
         BLOCK_C=bc,
