@@ -252,7 +252,7 @@ def markdown(rows: list[dict], conv: list[dict], meta: dict) -> str:
         "",
         f"Kernels of {meta['checkout']} @ {meta['revision']}, compiled for sm_90 with triton {meta['triton']} "
         f"({meta['date']}); model in `benchmarks/roofline.py`. No GPU ran. bf16, dense baseline at "
-        f"{EFFICIENCY:.0%} of the measured {PEAK_BF16 / 1e12:.0f} TFLOP/s.",
+        f"{EFFICIENCY:.0%} of the measured {PEAK_BF16 / 1e12:.0f} TFLOP/s. Configs modelled: {meta['configs']}.",
         "",
         "Constants: " + "; ".join(f"{k} = {v[0]:g} ({v[1]})" for k, v in CONSTANTS.items()) + ".",
         "",
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": triton.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "constants": CONSTANTS,
+        "configs": "first kept config of each launch (--first-config)" if args.first_config else "best kept config",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
