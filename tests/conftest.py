@@ -40,23 +40,26 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
-    """On a CPU run, deselect (not skip) the GPU sweeps: thousands of skip marks would bury
-    what ran. One line in the header says how many and how to run them."""
-    if config.getoption("--device") != "cpu":
-        return
-    gpu = [item for item in items if "gpu" in item.keywords]
-    if not gpu:
-        return
-    config.hook.pytest_deselected(items=gpu)
-    items[:] = [item for item in items if "gpu" not in item.keywords]
-    config._sparsekernels_gpu_deselected = len(gpu)
+    """Deselect (not skip) what this run cannot or did not ask to run: the GPU sweeps on a CPU
+    run, and the ``slow`` sweeps unless a ``-m`` expression is given (``-m slow`` runs them).
+    Thousands of skip marks would bury what ran; one header line says how many and how."""
+    groups = {}
+    if config.getoption("--device") == "cpu":
+        groups["gpu"] = "GPU sweeps (marked gpu) deselected on this CPU run; run them with: pytest --device cuda"
+    if not config.getoption("markexpr"):
+        groups["slow"] = "slow sweeps (marked slow) deselected; run them with: pytest -m slow"
+    notes = []
+    for mark, text in groups.items():
+        chosen = [item for item in items if mark in item.keywords]
+        if chosen:
+            config.hook.pytest_deselected(items=chosen)
+            items[:] = [item for item in items if mark not in item.keywords]
+            notes.append(f"{len(chosen)} {text}")
+    config._sparsekernels_deselected = notes
 
 
 def pytest_report_collectionfinish(config, start_path, items):
-    n = getattr(config, "_sparsekernels_gpu_deselected", 0)
-    if n:
-        return f"{n} GPU sweeps (marked gpu) deselected on this CPU run; run them with: pytest --device cuda"
-    return None
+    return getattr(config, "_sparsekernels_deselected", None) or None
 
 
 @pytest.fixture(autouse=True)
