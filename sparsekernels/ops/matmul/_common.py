@@ -189,6 +189,63 @@ def sdd_split_k(device: torch.device, nnz: int, K: int, granule: int) -> tuple[i
     return triton.cdiv(K, k_chunk), k_chunk
 
 
+@triton.jit
+def gather_block_products(
+    p_d0,  # [BLOCK_P, 1] pointers to the dense operand's rows of this tile
+    stride_dk,  # dense operand stride along the reduction
+    m_p,  # [BLOCK_P] valid rows
+    p_v0,  # [DOT_K, BO] pointers into block 0 of the values (rows along the reduction)
+    stride_vs,  # values stride between blocks
+    stride_vi,  # values stride along the reduction
+    inner_ptr,  # int32 [entries]: inner block index of each entry of the segment
+    slots_ptr,  # int32 [entries]: values slot of each entry (GATHER only)
+    i_lo,
+    i_hi,
+    BLOCK_P: tl.constexpr,
+    BO: tl.constexpr,
+    BI: tl.constexpr,
+    DOT_K: tl.constexpr,
+    GATHER: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """sum over entries e in [i_lo, i_hi) of D[:, inner_e*BI : (inner_e+1)*BI] @ V[slot_e] as a
+    [BLOCK_P, BO] fp32 tile: the transposed tile of dsd and dds (M = the dense rows, >= 64, so
+    warpgroup MMA at every block size). The next entry's indices are loaded one iteration ahead
+    (loop-carried), so an iteration's tile loads depend on registers only and the software
+    pipeliner keeps num_stages - 1 iterations in flight (loading the index in the iteration that
+    uses it left one buffer and a full wait per block)."""
+    o_i = tl.arange(0, DOT_K)
+    b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
+    m_next = i_lo < i_hi
+    i_in = tl.load(inner_ptr + i_lo, mask=m_next, other=0)
+    if GATHER:
+        i_slot = tl.load(slots_ptr + i_lo, mask=m_next, other=0)
+    else:
+        # int64: slot * stride_vs can pass 2^31; advanced by pointer (the interpreter's loop
+        # index is a Python int, which has no .to()).
+        p_v = p_v0 + i_lo.to(tl.int64) * stride_vs
+    for i_e in range(i_lo, i_hi):
+        if GATHER:
+            p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
+        p_d = p_d0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_dk
+        # DOT_K < BI only for the fp32 FMA dot (see dot_flags).
+        for i_kk in tl.static_range(0, BI, DOT_K):
+            b_d = tl.load(p_d + i_kk * stride_dk, mask=m_p[:, None], other=0.0)  # [BLOCK_P, DOT_K]
+            b_v = tl.load(p_v + i_kk * stride_vi)  # [DOT_K, BO]
+            if UPCAST:
+                b_d = b_d.to(tl.float32)
+                b_v = b_v.to(tl.float32)
+            b_acc = tl.dot(b_d, b_v, b_acc, input_precision=PRECISION)
+        m_next = i_e + 1 < i_hi
+        i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
+        if GATHER:
+            i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
+        else:
+            p_v += stride_vs
+    return b_acc
+
+
 @triton.jit(do_not_specialize=["SPLIT"])
 def reduce_split_partials_kernel(
     ws_ptr,  # fp32 partials, addressed by the strides below

@@ -36,6 +36,7 @@ from sparsekernels.ops.matmul._common import (
     NOMINAL_BLOCK_P,
     check_kernel_inputs,
     dot_flags,
+    gather_block_products,
     make_prune,
     pick_configs,
     reduce_split_partials,
@@ -124,37 +125,10 @@ def dds_kernel(
         p_a0 = a_ptr + o_p[:, None] * stride_ap  # [BLOCK_P, 1]
         p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [DOT_K, BO]
 
-        b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
-        # The next entry's indices are loaded one iteration ahead (loop-carried), so an
-        # iteration's tile loads depend on registers only and the software pipeliner keeps
-        # num_stages - 1 iterations of tiles in flight (a load of the index inside the
-        # iteration that uses it left one buffer and a full wait per block).
-        m_next = i_lo < i_hi
-        i_in = tl.load(inner_ptr + i_lo, mask=m_next, other=0)
-        if GATHER:
-            i_slot = tl.load(slots_ptr + i_lo, mask=m_next, other=0)
-        else:
-            # int64: slot * stride_vs can pass 2^31; advanced by pointer (the interpreter's
-            # loop index is a Python int, which has no .to()).
-            p_v = p_v0 + i_lo.to(tl.int64) * stride_vs
-        for i_e in range(i_lo, i_hi):
-            if GATHER:
-                p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
-            p_a = p_a0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_ak
-            # DOT_K < BI only for the fp32 FMA dot (see _common.dot_flags).
-            for i_kk in tl.static_range(0, BI, DOT_K):
-                b_a = tl.load(p_a + i_kk * stride_ak, mask=m_p[:, None], other=0.0)  # [BLOCK_P, DOT_K]
-                b_v = tl.load(p_v + i_kk * stride_vi)  # [DOT_K, BO]
-                if UPCAST:
-                    b_a = b_a.to(tl.float32)
-                    b_v = b_v.to(tl.float32)
-                b_acc = tl.dot(b_a, b_v, b_acc, input_precision=PRECISION)
-            m_next = i_e + 1 < i_hi
-            i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
-            if GATHER:
-                i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
-            else:
-                p_v += stride_vs
+        b_acc = gather_block_products(
+            p_a0, stride_ak, m_p, p_v0, stride_vs, stride_vi, inner_ptr, slots_ptr, i_lo, i_hi,
+            BLOCK_P, BO, BI, DOT_K, GATHER, UPCAST, PRECISION,
+        )  # fmt: skip
 
         if is_split:
             o_w = ((i_seg.to(tl.int64) * N_SPLITS + i_split) * P + o_p) * BO

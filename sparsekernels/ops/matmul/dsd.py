@@ -42,6 +42,7 @@ from sparsekernels.ops.matmul._common import (
     NOMINAL_BLOCK_P,
     check_kernel_inputs,
     dot_flags,
+    gather_block_products,
     make_prune,
     pick_configs,
     reduce_split_partials,
@@ -137,37 +138,10 @@ def dsd_kernel(
         p_v0 = values_ptr + o_i[:, None] * stride_vi + o_o[None, :] * stride_vo  # [DOT_K, BO]
         p_b0 = b_ptr + i_b * stride_bb + o_p[:, None] * stride_bp  # [BLOCK_P, 1]
 
-        b_acc = tl.zeros([BLOCK_P, BO], dtype=tl.float32)
-        # The next entry's indices are loaded one iteration ahead (loop-carried), so an
-        # iteration's tile loads depend on registers only and the software pipeliner keeps
-        # num_stages - 1 iterations of tiles in flight (loading the index in the iteration
-        # that uses it left one buffer and a full wait per block).
-        m_next = i_lo < i_hi
-        i_in = tl.load(inner_ptr + i_lo, mask=m_next, other=0)
-        if GATHER:
-            i_slot = tl.load(slots_ptr + i_lo, mask=m_next, other=0)
-        else:
-            # int64: slot * stride_vs can pass 2^31; advanced by pointer (the interpreter's
-            # loop index is a Python int, which has no .to()).
-            p_v = p_v0 + i_lo.to(tl.int64) * stride_vs
-        for i_e in range(i_lo, i_hi):
-            if GATHER:
-                p_v = p_v0 + i_slot.to(tl.int64) * stride_vs
-            p_b = p_b0 + (i_in.to(tl.int64) * BI + o_i)[None, :] * stride_bk
-            # DOT_K < BI only for the fp32 FMA dot (see _common.dot_flags).
-            for i_kk in tl.static_range(0, BI, DOT_K):
-                b_v = tl.load(p_v + i_kk * stride_vi)  # [DOT_K, BO]
-                b_b = tl.load(p_b + i_kk * stride_bk, mask=m_p[:, None], other=0.0)  # [BLOCK_P, DOT_K]
-                if UPCAST:
-                    b_v = b_v.to(tl.float32)
-                    b_b = b_b.to(tl.float32)
-                b_acc = tl.dot(b_b, b_v, b_acc, input_precision=PRECISION)  # [BLOCK_P, BO]
-            m_next = i_e + 1 < i_hi
-            i_in = tl.load(inner_ptr + i_e + 1, mask=m_next, other=0)
-            if GATHER:
-                i_slot = tl.load(slots_ptr + i_e + 1, mask=m_next, other=0)
-            else:
-                p_v += stride_vs
+        b_acc = gather_block_products(
+            p_b0, stride_bk, m_p, p_v0, stride_vs, stride_vi, inner_ptr, slots_ptr, i_lo, i_hi,
+            BLOCK_P, BO, BI, DOT_K, GATHER, UPCAST, PRECISION,
+        )  # fmt: skip
 
         if is_split:
             o_w = ((i_b * n_segs + i_seg) * N_SPLITS + i_split) * BO + o_o
