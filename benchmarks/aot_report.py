@@ -101,7 +101,9 @@ def markdown(rows: list[dict], records: list[dict], meta: dict) -> str:
         f"# sm_90 compile check ({meta['mode']}): {meta['checkout']} @ {meta['revision']}",
         "",
         f"Compiled on the CPU for `GPUTarget{tuple(_aot.TARGET)}` with triton {meta['versions']['triton']}, "
-        f"ptxas {meta['versions']['ptxas']}, {meta['date']}; {len(records)} compiles in {meta['seconds']:.0f} s. "
+        f"ptxas {meta['versions']['ptxas']}, {meta['date']}; {len(records)} compiles, "
+        f"{meta.get('compile_seconds', meta['seconds']):.0f} s of compile time (this run: {meta['seconds']:.0f} s "
+        "wall; records of a stopped sweep are resumed from its cache). "
         "No GPU ran: these are compiler outputs, not timings.",
         "",
         "Per case, over its launches and kept configs: configs compiled/kept by the prune/listed, "
@@ -139,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", nargs="+", choices=_aot.OPS, default=None, help="only these ops")
     parser.add_argument("--out", default=str(OUT), help="results folder")
     parser.add_argument("--keep-asm", default=None, help="also write each TTGIR, SASS and ptxas log here")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="JSON-lines file of the records, appended as they come; a stopped sweep resumes from it "
+        "(default for this checkout: ~/.cache/sparsekernels/sm90-<mode>-triton<version>.jsonl)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="compile everything again, keep no cache")
     parser.add_argument("--known-failures", action="store_true", help="print the KNOWN_FAILURES literal")
     args = parser.parse_args(argv)
 
@@ -146,17 +155,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.ops:
         case_list = [c for c in case_list if c.op in args.ops]
     checkout = Path(args.checkout).resolve()
+    mode = "quick" if args.quick else "full"
+    cache = None
+    if not args.no_cache and args.keep_asm is None:
+        # The cache is keyed by this checkout's kernel sources; another checkout's are not hashed.
+        if args.cache is not None:
+            cache = Path(args.cache)
+        elif checkout == ROOT:
+            cache = _aot.default_cache(mode)
     start = time.perf_counter()
     records = _aot.run_cases(
-        case_list, all_configs=not args.quick, jobs=args.jobs, keep_asm=args.keep_asm, pythonpath=str(checkout)
+        case_list,
+        all_configs=not args.quick,
+        jobs=args.jobs,
+        keep_asm=args.keep_asm,
+        pythonpath=str(checkout),
+        cache=cache,
     )
+    compile_seconds = sum(r.get("seconds") or 0 for r in records)
     meta = {
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "checkout": str(checkout),
         "revision": _git(checkout),
         "versions": _versions(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.perf_counter() - start,
+        "compile_seconds": compile_seconds,
+        "cache": str(cache) if cache else None,
         "target": list(_aot.TARGET),
         "smem_limit_bytes": _aot.SMEM_LIMIT_BYTES,
         "min_loads_in_flight": _aot.MIN_LOADS_IN_FLIGHT,

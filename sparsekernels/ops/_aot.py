@@ -529,6 +529,7 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
             launches = capture_launches(lambda case=case: _call_launcher(case))
         except Exception as exc:  # noqa: BLE001
             print(json.dumps({"case": case.name, **cd, "compiled": False, "error": f"launcher: {exc!r}"}), file=out)
+            print(json.dumps({"case_done": case.name}), file=out)
             out.flush()
             continue
         if not launches:
@@ -537,10 +538,79 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
             for rec in _compile_launch(launch, all_configs, asm_dir, case, index):
                 print(json.dumps(rec), file=out)
                 out.flush()
+        # The parent's cache keeps a case only once this marker says all its records came.
+        print(json.dumps({"case_done": case.name}), file=out)
+        out.flush()
 
 
 # ---------------------------------------------------------------------------------------
 # The parent side: run workers, check records.
+
+
+def kernel_digest() -> str:
+    """What a compile record depends on: a hash of the Triton kernels with their launchers,
+    configs and prunes (``ops/matmul``, ``ops/conv``, ``ops/triton_backend.py``,
+    ``ops/_triton_utils.py``), the layouts they read (``layout.py``, ``conv_layout.py``), this
+    harness, and the triton and ptxas versions. The CPU backend's files are left out."""
+    import hashlib
+
+    import triton
+
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parents[1]
+    files = [
+        *sorted((pkg / "ops" / "matmul").rglob("*.py")),
+        *sorted((pkg / "ops" / "conv").rglob("*.py")),
+        *(pkg / name for name in ("ops/triton_backend.py", "ops/_triton_utils.py", "ops/_aot.py")),
+        *(pkg / name for name in ("layout.py", "conv_layout.py")),
+    ]
+    for f in files:
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    h.update(triton.__version__.encode())
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        h.update(str(get_ptxas(90).version).encode())
+    except Exception:  # noqa: BLE001 - no NVIDIA backend: nothing compiles anyway
+        pass
+    return h.hexdigest()[:16]
+
+
+def default_cache(mode: str) -> Path:
+    """Where a sweep's records are cached between runs: ``$XDG_CACHE_HOME`` (or ``~/.cache``)
+    ``/sparsekernels/sm90-<mode>-triton<version>.jsonl``."""
+    import triton
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sparsekernels" / f"sm90-{mode}-triton{triton.__version__}.jsonl"
+
+
+def _read_cache(cache: Path, digest: str) -> dict[str, list[dict]]:
+    """Records of the finished cases in ``cache`` (a JSON-lines file), by case name; a cache
+    written for other sources or another triton is set aside (renamed ``*.stale``), not used."""
+    if not cache.exists():
+        return {}
+    lines = cache.read_text().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("digest") != digest:
+        cache.replace(cache.with_name(cache.name + ".stale"))
+        return {}
+    pending: dict[str, list[dict]] = {}
+    done: dict[str, list[dict]] = {}
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short when the sweep was killed
+        if "case_done" in rec:
+            done[rec["case_done"]] = pending.pop(rec["case_done"], [])
+        elif "case" in rec:
+            pending.setdefault(rec["case"], []).append(rec)
+    return done
 
 
 def run_cases(
@@ -550,11 +620,17 @@ def run_cases(
     timeout: float | None = None,
     keep_asm: str | Path | None = None,
     pythonpath: str | None = None,
+    cache: str | Path | None = None,
 ) -> list[dict]:
     """Compile ``case_list`` for sm_90 in ``jobs`` worker processes; one record per
     (case, launch, kept config). ``pythonpath`` selects the checkout to import (default: the
     one this module comes from). A worker that dies leaves an ``error`` record per case it
-    did not finish."""
+    did not finish.
+
+    ``cache``: a JSON-lines file the records are appended to as they come; cases it already
+    holds in full are not compiled again, so a sweep that was stopped resumes where it was.
+    The file is tied to :func:`kernel_digest` of the checkout this module comes from (use it
+    only with ``pythonpath`` left at its default)."""
     root = pythonpath or str(Path(__file__).resolve().parents[2])
     env = {
         **os.environ,
@@ -562,7 +638,19 @@ def run_cases(
         "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
     }
     env.setdefault("OMP_NUM_THREADS", "1")
-    chunks = [list(case_list[i::jobs]) for i in range(max(jobs, 1))]
+    cached: dict[str, list[dict]] = {}
+    cache_file = None
+    lock = threading.Lock()
+    if cache is not None:
+        cache = Path(cache)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        digest = kernel_digest()
+        cached = _read_cache(cache, digest)
+        if not cache.exists():
+            cache.write_text(json.dumps({"digest": digest}) + "\n")
+        cache_file = cache.open("a")
+    todo = [c for c in case_list if c.name not in cached]
+    chunks = [list(todo[i::jobs]) for i in range(max(jobs, 1))]
     # This file runs as a script, so the checkout under test (``pythonpath``) need not have it.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     if all_configs:
@@ -570,35 +658,60 @@ def run_cases(
     if keep_asm:
         cmd += ["--keep-asm", str(keep_asm)]
     payloads = [(chunk, json.dumps([asdict(c) for c in chunk])) for chunk in chunks if chunk]
-    results: list[tuple[list[Case], str, str, int | None]] = [None] * len(payloads)  # type: ignore[list-item]
+    results: list[tuple[list[Case], list[str], str, int | None]] = [None] * len(payloads)  # type: ignore[list-item]
 
     def run_one(i: int) -> None:
         chunk, payload = payloads[i]
         p = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
-        try:
-            stdout, stderr = p.communicate(payload, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate()
-            stderr = f"timed out after {timeout} s\n{stderr}"
-        results[i] = (chunk, stdout, stderr, p.returncode)
+        timer = threading.Timer(timeout, p.kill) if timeout else None
+        if timer:
+            timer.start()
+        err: list[str] = []
+        drain = threading.Thread(target=lambda: err.append(p.stderr.read()))  # a full pipe would block
+        drain.start()
+        p.stdin.write(payload)
+        p.stdin.close()
+        lines = []
+        for line in p.stdout:
+            if not line.startswith("{"):
+                continue
+            lines.append(line)
+            if cache_file is not None:
+                with lock:
+                    cache_file.write(line)
+                    cache_file.flush()
+        code = p.wait()
+        drain.join()
+        stderr = "".join(err)
+        if timer:
+            timer.cancel()
+            if code == -9:
+                stderr = f"timed out after {timeout} s\n{stderr}"
+        results[i] = (chunk, lines, stderr, code)
 
     threads = [threading.Thread(target=run_one, args=(i,)) for i in range(len(payloads))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    records: list[dict] = []
-    for chunk, stdout, stderr, code in results:
-        got = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        done = {r["case"] for r in got}
-        records += got
+    if cache_file is not None:
+        cache_file.close()
+    fresh: dict[str, list[dict]] = {}
+    for chunk, lines, stderr, code in results:
+        got = [json.loads(line) for line in lines]
+        done = {r["case_done"] for r in got if "case_done" in r}
+        for r in got:
+            if "case" in r:
+                fresh.setdefault(r["case"], []).append(r)
         for c in chunk:
             if c.name not in done:
                 err = f"worker exit {code}: {stderr[-3000:]}"
-                records.append({"case": c.name, **asdict(c), "compiled": False, "error": err})
+                fresh.setdefault(c.name, []).append({"case": c.name, **asdict(c), "compiled": False, "error": err})
+    records: list[dict] = []
+    for c in case_list:  # in the order asked for, cached or not
+        records += cached.get(c.name) or fresh.get(c.name, [])
     return records
 
 
