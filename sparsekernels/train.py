@@ -23,6 +23,7 @@ import argparse
 import copy
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet20", choices=MODEL_NAMES, help="network: CIFAR ResNets, or SET's MLP (set-mlp)")
+    g.add_argument(
+        "--model", default="resnet20", choices=MODEL_NAMES, help="network: CIFAR ResNets, or SET's MLP (set-mlp)"
+    )
     g.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="passes over the training set")
@@ -145,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", default=None, help="output folder (default: runs/<model>-<method>-<time>)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: none)")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from (default: none, a fresh run)")
+    g.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to continue from, or 'auto': the newest checkpoint in --out (a fresh start when there "
+        "is none; with --compare, each configuration's sub-folder, finished ones are not trained again) "
+        "(default: none, a fresh run)",
+    )
     g.add_argument(
         "--compare",
         default=None,
@@ -237,7 +246,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (0.0 <= args.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1); got {args.label_smoothing}"),
         (args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0; got {args.checkpoint_every}"),
         (args.synthetic_size >= 1, f"--synthetic-size must be >= 1; got {args.synthetic_size}"),
-        (args.compare is None or args.resume is None, "--compare and --resume cannot be combined"),
+        (
+            args.compare is None or args.resume in (None, AUTO_RESUME),
+            "--compare resumes only with --resume auto (each configuration from its own sub-folder)",
+        ),
+        (args.resume != AUTO_RESUME or args.out is not None, "--resume auto needs --out (the folder to resume)"),
         *_set_checks(args),
     ]
     for ok, message in checks:
@@ -642,6 +655,28 @@ def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
             )
 
 
+AUTO_RESUME = "auto"
+_CHECKPOINT_NAME = re.compile(r"checkpoint-epoch(\d+)\.pt$")
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-epochNNN.pt`` in ``folder`` that passes its integrity check
+    (None without one). A newer one that fails is reported and skipped, never loaded."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_NAME.search(p.name))), reverse=True
+    )
+    for _, path in found:
+        try:
+            load_checkpoint(path, map_location="cpu")
+        except CheckpointError as err:
+            warn(f"--resume auto: skipping {path}: {err}")
+            continue
+        return str(path)
+    return None
+
+
 def run(
     args: argparse.Namespace, data: CIFAR10, device: torch.device, out: Path, label: str | None = None
 ) -> dict[str, Any]:
@@ -692,6 +727,11 @@ def run(
             )
 
     start_epoch = 0
+    if args.resume == AUTO_RESUME:
+        args = copy.copy(args)
+        args.resume = newest_checkpoint(out)
+        if args.resume is None:
+            print(f"--resume auto: no checkpoint in {out}, starting fresh", flush=True)
     if args.resume is not None:
         try:
             ckpt = load_checkpoint(args.resume, map_location=device)

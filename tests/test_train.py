@@ -197,6 +197,43 @@ def test_compare_prints_table_and_writes_combined_outputs(tmp_path, capsys):
     assert (out / "static-d0.5" / "record.json").exists()
 
 
+def test_compare_resume_auto_continues_each_configuration(tmp_path, capsys):
+    """A --compare paused with --stop-at-epoch resumes with --resume auto: each configuration
+    from the newest checkpoint of its own sub-folder, to the same weights as a straight run."""
+    common = [*SPARSE, "--synthetic-size", "16", "--epochs", "2", "--checkpoint-every", "1"]
+    common += ["--compare", "dense,rigl@0.5", "--update-every", "1"]
+    straight = tmp_path / "straight"
+    train.main([*common, "--out", str(straight)])
+    paused = tmp_path / "paused"
+    train.main([*common, "--out", str(paused), "--stop-at-epoch", "1", "--resume", "auto"])
+    assert "no checkpoint" in capsys.readouterr().out
+    for sub in ("dense", "rigl-d0.5"):
+        assert not (paused / sub / "checkpoint-epoch002.pt").exists()
+    # The newest checkpoint of one configuration is corrupted: it is skipped, never loaded.
+    (paused / "dense" / "checkpoint-epoch002.pt").write_bytes(b"not a checkpoint")
+    train.main([*common, "--out", str(paused), "--resume", "auto"])
+    err = capsys.readouterr().err
+    assert "skipping" in err and "checkpoint-epoch002.pt" in err
+    for sub in ("dense", "rigl-d0.5"):
+        expected = load_checkpoint(straight / sub / "checkpoint-epoch002.pt")["trainer"]["model"]
+        actual = load_checkpoint(paused / sub / "checkpoint-epoch002.pt")["trainer"]["model"]
+        assert expected.keys() == actual.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(actual[name], tensor), (sub, name)
+        assert [e["epoch"] for e in read_record(paused / sub)["epochs"]] == [1, 2]
+    summary = json.loads((paused / "compare.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["dense", "rigl@0.5"]
+    # Finished configurations are not trained again.
+    train.main([*common, "--out", str(paused), "--resume", "auto"])
+    assert capsys.readouterr().out.count("nothing to do") == 2
+
+
+def test_resume_auto_needs_out(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume", "auto"])
+    assert "--out" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
