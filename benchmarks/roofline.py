@@ -326,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
 
     case_list = matmul_cases() + conv_cases()
     checkout = Path(args.checkout).resolve()
-    records = _aot.run_cases(case_list, all_configs=not args.first_config, jobs=args.jobs, pythonpath=str(checkout))
+    # Every kept config: the full sweep's records are reused from its cache (same kernel sources
+    # and triton) and the cases only the model needs are added to it.
+    cache = _aot.default_cache("full") if not args.first_config and checkout == ROOT else None
+    records = _aot.run_cases(
+        case_list, all_configs=not args.first_config, jobs=args.jobs, pythonpath=str(checkout), cache=cache
+    )
     rows = model(records, case_list)
     conv = conv_totals(rows)
     rev = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
