@@ -400,9 +400,14 @@ def _load_queue():
 
 def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
     q = _load_queue()
-    assert q.PLAN[0] == ("set-b8-s0", 200) and all(name in q.RUNS for name, _ in q.PLAN)
+    assert q.PLAN[0] == ("set-b8-s0", 100) and all(name in q.RUNS for name, _ in q.PLAN)
     assert all(target <= q.RUNS[name]["epochs"] for name, target in q.PLAN)
-    for name in dict.fromkeys(n for n, _ in q.PLAN):
+    # Every run reaches its total somewhere in the plan.
+    assert all(max(t for n, t in q.PLAN if n == name) == q.RUNS[name]["epochs"] for name, _ in q.PLAN)
+    conv = train.parse_args([*q.command(q.CONV_COMPARE, tmp_path, tmp_path), "--resume", "auto"])
+    assert conv.compare.split(",") == list(q.CONV_CONFIGS) and conv.model == "resnet20" and conv.density == 0.1
+    assert conv.distribution == "erk" and conv.block_size in (16, 32) and conv.epochs >= 30
+    for name in dict.fromkeys(n for n, _ in q.PLAN if n != q.CONV_COMPARE):
         args = train.parse_args(q.command(name, tmp_path, tmp_path))
         assert args.model == "set-mlp" and args.augment == "set" and args.batch_size == 100
         if name.startswith("dense"):
@@ -523,3 +528,28 @@ def test_queue_entry_pauses_at_its_target_and_the_next_entry_resumes(tmp_path, m
     assert not q.run_entry("tiny-s0", 3, log, runs, tmp_path)  # done: skipped
     assert "| tiny-s0 | done | 3 / 3 (plan: 3) |" in (results / "RUNS.md").read_text()
     assert json.loads((results / "tiny-s0" / "record.json").read_text())["steps_done"] == 18
+
+
+def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, monkeypatch):
+    """A --compare entry (the conv comparison) advances all its configurations to each plan
+    target with --resume auto, and its table, records and RUNS.md rows follow."""
+    q = _load_queue()
+    compare = ["--compare", "dense,set", "--density", "0.3", *SET_UPDATES[4:], "--block-size", "8"]
+    args = [*SMALL, "--checkpoint-every", "1", *compare]
+    monkeypatch.setitem(q.RUNS, "cmp", {"args": args, "epochs": 2, "compare": ("dense", "set")})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    log = q.Log(runs, tmp_path, results, [("cmp", 1), ("cmp", 2)])
+    assert q.run_entry("cmp", 1, log, runs, tmp_path)
+    assert q.run_epochs_done("cmp", runs) == 1
+    assert q.run_entry("cmp", 2, log, runs, tmp_path)
+    assert q.run_epochs_done("cmp", runs) == 2 and not q.run_entry("cmp", 2, log, runs, tmp_path)
+    for sub in ("dense", "set"):
+        record = read_record(runs / "cmp" / sub)
+        assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["resumed_from"].endswith("epoch001.pt")
+        assert (results / "cmp" / sub / "record.json").is_file()
+    assert (results / "cmp" / "compare.txt").is_file()
+    text = (results / "RUNS.md").read_text()
+    assert "| cmp/dense | done | 2 / 2 (plan: 2) |" in text and "| cmp/set | done |" in text
+    s = _load_summarize()
+    section = "\n".join(s.comparison_markdown(s.load_comparisons(results)))
+    assert "`cmp`:" in section and "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section

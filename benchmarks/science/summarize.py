@@ -137,7 +137,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def summary_markdown(records: dict[str, dict]) -> str:
+def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, dict]] | None = None) -> str:
+    comparisons = comparisons or {}
     full = {n: r for n, r in records.items() if parse_name(n)[1] == 1.0}
     fractional = {n: r for n, r in records.items() if parse_name(n)[1] < 1.0}
     partial = any(r.get("steps_done") != r["total_steps"] for r in records.values())
@@ -259,7 +260,44 @@ def summary_markdown(records: dict[str, dict]) -> str:
             rows.append([name, str(last["epoch"]), fmt(100 * last["train_eval_acc"], 2), fmt(100 * last["test_acc"], 2),
                          fmt(100 * last["generalization_gap"], 2)])  # fmt: skip
     lines += table(["run", "epoch", "train (eval) %", "test %", "gap"], rows)
+    lines += comparison_markdown(comparisons)
     return "\n".join(lines) + "\n"
+
+
+def load_comparisons(results: Path) -> dict[str, dict[str, dict]]:
+    """``--compare`` runs: folder name -> {configuration folder -> record}."""
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted(results.glob("*/*/record.json")):
+        try:
+            out.setdefault(path.parent.parent.name, {})[path.parent.name] = json.loads(path.read_text())
+        except ValueError:
+            continue
+    return out
+
+
+def comparison_markdown(comparisons: dict[str, dict[str, dict]]) -> list[str]:
+    lines = ["", "## Convolutional comparison (`--compare`, equal budget)", ""]
+    if not comparisons:
+        return [*lines, "No comparison has a record yet."]
+    for name, runs in comparisons.items():
+        dense = runs.get("dense")
+        dense_cpu = seconds_per_epoch(dense, "epoch_cpu_seconds") if dense else None
+        rows = []
+        for sub, r in runs.items():
+            epochs = r["epochs"]
+            cpu = seconds_per_epoch(r, "epoch_cpu_seconds")
+            rows.append([
+                sub, f"{len(epochs)}/{r['config']['epochs']}", f"{r['config']['density']:g}",
+                fmt(100 * epochs[-1]["test_acc"], 2) if epochs else "-",
+                fmt(max((100 * e["test_acc"] for e in epochs), default=None), 2),
+                fmt(seconds_per_epoch(r)), fmt(cpu),
+                f"{dense_cpu / cpu:.2f}×" if dense_cpu and cpu else "-",
+            ])  # fmt: skip
+        lines += [f"`{name}`:", ""]
+        lines += table(["configuration", "epochs", "density", "test acc % (last)", "best %", "s/epoch",
+                        "CPU s/epoch", "CPU speed vs dense"], rows)  # fmt: skip
+        lines.append("")
+    return lines
 
 
 # ----------------------------------------------------------------------------- plots
@@ -375,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print(f"no records under {args.results}/*/record.json")
         return 1
-    (args.results / "SUMMARY.md").write_text(summary_markdown(records))
+    (args.results / "SUMMARY.md").write_text(summary_markdown(records, load_comparisons(args.results)))
     plot_accuracy_vs_epoch(records, args.results / "accuracy_vs_epoch.png")
     plot_accuracy_vs_wallclock(records, args.results / "accuracy_vs_wallclock.png")
     plot_churn(records, args.results / "churn_vs_epoch.png")
