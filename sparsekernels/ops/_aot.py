@@ -485,6 +485,12 @@ def _compile_launch(launch, all_configs: bool, keep_asm: Path | None, case: Case
             "programs": programs,
             "compiled": False,
         }
+        # A specialisation an earlier case of this process compiled (same dtypes, int
+        # divisibility and constexprs: e.g. two conv shapes whose sizes are all multiples of
+        # 16) would come from triton's in-process kernel cache, without a ptxas log: drop it, so
+        # every record comes from a compile of its own.
+        for caches in getattr(fn, "device_caches", {}).values():
+            caches[0].clear()
         start = time.perf_counter()
         log = io.StringIO()
         try:
@@ -525,6 +531,7 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
         asm_dir.mkdir(parents=True, exist_ok=True)
     for cd in case_dicts:
         case = Case(**cd)
+        print(json.dumps({"case_start": case.name}), file=out)
         try:
             launches = capture_launches(lambda case=case: _call_launcher(case))
         except Exception as exc:  # noqa: BLE001
@@ -547,26 +554,37 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
 # The parent side: run workers, check records.
 
 
-def kernel_digest() -> str:
-    """What a compile record depends on: a hash of the Triton kernels with their launchers,
-    configs and prunes (``ops/matmul``, ``ops/conv``, ``ops/triton_backend.py``,
-    ``ops/_triton_utils.py``), the layouts they read (``layout.py``, ``conv_layout.py``), this
-    harness, and the triton and ptxas versions. The CPU backend's files are left out."""
+# What a record holds and how it is read off the compile; bump it when this harness changes
+# the fields it records or the way it parses them (cached records of another format are not
+# reused).
+RECORD_FORMAT = 1
+
+
+def kernel_digest(op: str) -> str:
+    """What the compile records of ``op`` depend on: a hash of its Triton kernels with their
+    launchers, configs and prunes (``ops/matmul`` for the matmul ops, ``ops/conv`` and
+    ``conv_layout.py`` for the convolutions), what every launch goes through
+    (``ops/triton_backend.py``, ``ops/checks.py``, ``ops/_triton_utils.py``, ``ops/_alloc.py``,
+    ``ops/backends.py``, ``layout.py``), :data:`RECORD_FORMAT` and the triton and ptxas versions.
+    The CPU backend's files are left out."""
     import hashlib
 
     import triton
 
-    h = hashlib.sha256()
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}; got {op!r}")
     pkg = Path(__file__).resolve().parents[1]
-    files = [
-        *sorted((pkg / "ops" / "matmul").rglob("*.py")),
-        *sorted((pkg / "ops" / "conv").rglob("*.py")),
-        *(pkg / name for name in ("ops/triton_backend.py", "ops/_triton_utils.py", "ops/_aot.py")),
-        *(pkg / name for name in ("layout.py", "conv_layout.py")),
-    ]
+    shared = ["ops/triton_backend.py", "ops/checks.py", "ops/_triton_utils.py", "ops/_alloc.py", "ops/backends.py"]
+    files = [pkg / name for name in (*shared, "layout.py")]
+    if op in MATMUL_OPS:
+        files += sorted((pkg / "ops" / "matmul").rglob("*.py"))
+    else:
+        files += [*sorted((pkg / "ops" / "conv").rglob("*.py")), pkg / "conv_layout.py"]
+    h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(pkg)).encode())
         h.update(f.read_bytes())
+    h.update(f"record-format-{RECORD_FORMAT}".encode())
     h.update(triton.__version__.encode())
     try:
         from triton.backends.nvidia.compiler import get_ptxas
@@ -586,28 +604,29 @@ def default_cache(mode: str) -> Path:
     return base / "sparsekernels" / f"sm90-{mode}-triton{triton.__version__}.jsonl"
 
 
-def _read_cache(cache: Path, digest: str) -> dict[str, list[dict]]:
-    """Records of the finished cases in ``cache`` (a JSON-lines file), by case name; a cache
-    written for other sources or another triton is set aside (renamed ``*.stale``), not used."""
+def _read_cache(cache: Path, digests: dict[str, str]) -> dict[str, list[dict]]:
+    """Records of the finished cases in ``cache`` (a JSON-lines file), by case name. A case
+    counts only if its end marker carries ``digests[case]`` (:func:`kernel_digest` of its op
+    now): records of other kernel sources or another triton are ignored, never reused."""
     if not cache.exists():
-        return {}
-    lines = cache.read_text().splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        header = {}
-    if header.get("digest") != digest:
-        cache.replace(cache.with_name(cache.name + ".stale"))
         return {}
     pending: dict[str, list[dict]] = {}
     done: dict[str, list[dict]] = {}
-    for line in lines[1:]:
+    for line in cache.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short when the sweep was killed
-        if "case_done" in rec:
-            done[rec["case_done"]] = pending.pop(rec["case_done"], [])
+        if "case_start" in rec:  # a case compiled again after a stopped attempt starts afresh
+            pending.pop(rec["case_start"], None)
+        elif "case_done" in rec:
+            name = rec["case_done"]
+            recs = pending.pop(name, [])
+            # A compile without its ptxas log (an in-process cache hit of an older harness) is
+            # incomplete: the case is compiled again.
+            complete = all(not r.get("compiled") or r.get("regs") is not None for r in recs)
+            if complete and name in digests and rec.get("digest") == digests[name]:
+                done[name] = recs
         elif "case" in rec:
             pending.setdefault(rec["case"], []).append(rec)
     return done
@@ -629,8 +648,8 @@ def run_cases(
 
     ``cache``: a JSON-lines file the records are appended to as they come; cases it already
     holds in full are not compiled again, so a sweep that was stopped resumes where it was.
-    The file is tied to :func:`kernel_digest` of the checkout this module comes from (use it
-    only with ``pythonpath`` left at its default)."""
+    Each case is stamped with :func:`kernel_digest` of its op in the checkout this module comes
+    from (use a cache only with ``pythonpath`` left at its default)."""
     root = pythonpath or str(Path(__file__).resolve().parents[2])
     env = {
         **os.environ,
@@ -639,15 +658,15 @@ def run_cases(
     }
     env.setdefault("OMP_NUM_THREADS", "1")
     cached: dict[str, list[dict]] = {}
+    digests: dict[str, str] = {}
     cache_file = None
     lock = threading.Lock()
     if cache is not None:
         cache = Path(cache)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        digest = kernel_digest()
-        cached = _read_cache(cache, digest)
-        if not cache.exists():
-            cache.write_text(json.dumps({"digest": digest}) + "\n")
+        by_op = {op: kernel_digest(op) for op in {c.op for c in case_list}}
+        digests = {c.name: by_op[c.op] for c in case_list}
+        cached = _read_cache(cache, digests)
         cache_file = cache.open("a")
     todo = [c for c in case_list if c.name not in cached]
     chunks = [list(todo[i::jobs]) for i in range(max(jobs, 1))]
@@ -679,6 +698,9 @@ def run_cases(
                 continue
             lines.append(line)
             if cache_file is not None:
+                if line.startswith('{"case_done"'):  # the parent stamps the sources it compiled
+                    done = json.loads(line)["case_done"]
+                    line = json.dumps({"case_done": done, "digest": digests.get(done)}) + "\n"
                 with lock:
                     cache_file.write(line)
                     cache_file.flush()
