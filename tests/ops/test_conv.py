@@ -173,8 +173,10 @@ def test_gpu_config_pruning(kernel, block, dtype):
     args = {"x": t, "dy": t, "N": 64, "H": 56, "W": 56, "Ho": 56, "Wo": 56}
     kept = module._prune(module._GPU_CONFIGS, args, BLOCK_K=block, BLOCK_C=block)
     assert 1 <= len(kept) <= len(module._GPU_CONFIGS)
-    if block == 16:
+    if block == 16 and kernel == "weight_grad":
         assert len(kept) == len(module._GPU_CONFIGS)
+    elif block == 16:  # 16-bit dots over 16-channel blocks: 4 warps (8 kept one load in flight)
+        assert kept == [c for c in module._GPU_CONFIGS if c.num_warps == 4]
     tiny_args = {**args, "N": 1, "H": 7, "W": 7, "Ho": 7, "Wo": 7}
     tiny = module._prune(module._GPU_CONFIGS, tiny_args, BLOCK_K=16, BLOCK_C=16)
     assert len(tiny) == 1

@@ -395,6 +395,10 @@ def test_gpu_configs_fit_the_gpu(monkeypatch):
     assert all(c.num_stages * (128 * 128 + 128 * c.kwargs["BLOCK_P"]) * 2 <= 200 * 1024 for c in big)
     assert max(c.kwargs["BLOCK_P"] for c in pruned("dds", bf16, BO=64, BI=64)) == 256
     assert all(c.num_warps == 4 for c in pruned("sdd", bf16, BM=16, BN=16))
+    for op in ("dsd", "dds"):  # 16-bit dots with N = 16: 4 warps (8 kept one load in flight)
+        narrow = pruned(op, bf16, BO=16, BI=16)
+        assert narrow and all(c.num_warps == 4 for c in narrow)
+        assert any(c.num_warps == 8 for c in pruned(op, fp32, BO=16, BI=16))
     sdd_fp32 = pruned("sdd", fp32, BM=128, BN=128)
     assert sdd_fp32 and all(c.num_stages * 256 * c.kwargs["BLOCK_K"] * 4 <= 200 * 1024 for c in sdd_fp32)
 

@@ -68,6 +68,10 @@ def _prune(configs, named_args, **kwargs):
         return c.kwargs["BLOCK_P"] * bc // (32 * c.num_warps)  # fp32 accumulator registers per thread
 
     def fits(c):
+        # 16-bit dots over blocks of 16 channels: 4 warps only (sm_90 compiles, measured: with
+        # 8 warps the main loop kept a single load in flight).
+        if size == 2 and bc <= 16 and c.num_warps > 4:
+            return False
         # FMA path: 256-pixel tiles spilled (sm_90 compile, 28 B at block 32) even at 32
         # accumulator registers per thread.
         if fma and c.kwargs["BLOCK_P"] > 128:

@@ -85,7 +85,14 @@ def pick_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[t
     return [interpreter] if interpreter_enabled() else gpu
 
 
-def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: int = 128, fma_acc_regs: int = 32):
+def make_prune(
+    stage_elems,
+    acc_elems,
+    smem_bytes: int = 200 * 1024,
+    acc_regs: int = 128,
+    fma_acc_regs: int = 32,
+    mma_n=None,
+):
     """An ``early_config_prune`` dropping configs that cannot run well on the GPU: pipelined
     tiles overflowing shared memory (``num_stages * stage_elems`` operand elements), or an
     fp32 accumulator above ``acc_regs`` registers per thread (it would spill).
@@ -98,7 +105,10 @@ def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: i
 
     ``stage_elems(config, args)`` / ``acc_elems(config, args)`` count elements from the
     config and the launch arguments; the operand dtype is that of ``values_ptr`` or
-    ``a_ptr``. At least one config is kept, as the autotuner requires.
+    ``a_ptr``. ``mma_n(args)``, when given, is the dot's N (the block size): 16-bit dots with
+    N <= 16 keep 4 warps only (sm_90 compiles, measured: with 8 warps the gather loop of dsd
+    and dds kept a single load in flight; a 16-column tile gains nothing from a second
+    warpgroup). At least one config is kept, as the autotuner requires.
     """
 
     def prune(configs, named_args, **kwargs):
@@ -111,7 +121,11 @@ def make_prune(stage_elems, acc_elems, smem_bytes: int = 200 * 1024, acc_regs: i
         def per_thread(c):
             return acc_elems(c, args) / (32 * c.num_warps)
 
+        narrow = mma_n is not None and itemsize == 2 and mma_n(args) <= 16
+
         def fits(c):
+            if narrow and c.num_warps > 4:
+                return False
             smem = c.num_stages * stage_elems(c, args) * itemsize
             return smem <= smem_bytes and per_thread(c) <= limit
 

@@ -64,6 +64,7 @@ def _configs() -> list[triton.Config]:
         "early_config_prune": make_prune(
             stage_elems=lambda c, a: a["BI"] * a["BO"] + c.kwargs["BLOCK_P"] * a["BI"],
             acc_elems=lambda c, a: a["BO"] * c.kwargs["BLOCK_P"],
+            mma_n=lambda a: a["BO"],
         )
     },
 )

@@ -70,6 +70,7 @@ def _configs() -> list[triton.Config]:
         "early_config_prune": make_prune(
             stage_elems=lambda c, a: a["BO"] * a["BI"] + a["BI"] * c.kwargs["BLOCK_P"],
             acc_elems=lambda c, a: a["BO"] * c.kwargs["BLOCK_P"],
+            mma_n=lambda a: a["BO"],
         )
     },
 )
