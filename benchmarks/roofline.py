@@ -183,6 +183,19 @@ def predict(record: dict, prob: dict) -> dict | None:
     }
 
 
+def dataflow_bound(case: _aot.Case) -> dict:
+    """The model's best case for ANY kernel in which each program owns an output tile and
+    streams the nonzero blocks it needs (sdd, dsd, dds as written here, and every other
+    output-stationary design without atomics): each element of the dense operand is read from
+    L2 once per nonzero block that uses it, so L2 moves at least FLOPs / (2 b / itemsize)
+    bytes whatever the tile (b FLOP per byte in bf16). With the MMA ceiling that bounds the
+    time from below, and the speedup over dense from above."""
+    prob = problem(case)
+    intensity = 2.0 * case.block / BYTES[case.dtype]
+    t = max(prob["flops"] / (EFFICIENCY * PEAK_BF16), prob["flops"] / (intensity * L2_BW))
+    return {"flop_per_l2_byte": intensity, "min_us": t * 1e6, "max_speedup": dense_time(prob) / t}
+
+
 def dense_time(prob: dict) -> float:
     return max(prob["dense_flops"] / (EFFICIENCY * PEAK_BF16), prob["dense_hbm"] / HBM_BW) + LAUNCH_S
 
@@ -277,6 +290,27 @@ def markdown(rows: list[dict], conv: list[dict], meta: dict) -> str:
             f"{p.get('flop_per_l2_byte', '')} | {p.get('t_mma_us', 0):.1f} | {p.get('t_l2_us', 0):.1f} | "
             f"{p.get('t_hbm_us', 0):.1f} | {p.get('bound', '')} | {r['predicted_us']} | {r['dense_predicted_us']} | "
             f"{r['predicted_speedup']} | {verdict} |"
+        )
+    lines += [
+        "",
+        "Upper bound of the same model for any output-stationary dataflow (each program owns an output "
+        "tile and streams its nonzero blocks; the dense operand is re-read from L2 once per nonzero block "
+        "that uses it, so the L2 traffic is at least FLOPs / b bytes in bf16, whatever the tile):",
+        "",
+        "| block | FLOP/B (L2) at best | min us | max predicted speedup | target |",
+        "|---|---|---|---|---|",
+    ]
+    for block in sorted({r["block"] for r in rows if r["op"] in _aot.MATMUL_OPS}):
+        bound = dataflow_bound(_aot.Case("dsd", "bf16", block, "4096"))
+        target = TARGETS.get(block)
+        reach = (
+            ""
+            if target is None
+            else f">= {target:g}: {'reachable' if bound['max_speedup'] >= target else 'NOT reachable'}"
+        )
+        lines.append(
+            f"| {block} | {bound['flop_per_l2_byte']:.0f} | {bound['min_us']:.1f} | "
+            f"{bound['max_speedup']:.2f} | {reach} |"
         )
     lines += [
         "",
