@@ -244,12 +244,15 @@ def test_cache_keeps_only_finished_cases(tmp_path):
     assert _aot._read_cache(cache, digests) == {"a": [rec]}
 
 
-def test_kernel_digest_is_per_op_and_stable():
-    assert _aot.kernel_digest("dsd") == _aot.kernel_digest("sdd") == _aot.kernel_digest("sdd")
-    assert _aot.kernel_digest("conv_fwd") != _aot.kernel_digest("sdd")
-    assert len(_aot.kernel_digest("conv_dw")) == 16
-    with pytest.raises(ValueError, match="op must be"):
-        _aot.kernel_digest("conv")
+@needs_backend
+def test_case_keys_follow_what_is_compiled():
+    """A case's cache key comes from its captured launches (no compile): stable, different for
+    another block size or config selection, and unknown cases get none."""
+    cases = [_aot.Case("dsd", "bf16", 32, "4096"), _aot.Case("dsd", "bf16", 64, "4096")]
+    keys = _aot.case_keys(cases, all_configs=True)
+    assert keys == _aot.case_keys(cases, all_configs=True)
+    assert len(set(keys.values())) == 2 and all(len(k) == 16 for k in keys.values())
+    assert _aot.case_keys(cases[:1], all_configs=False)[cases[0].name] != keys[cases[0].name]
 
 
 @needs_backend

@@ -556,35 +556,52 @@ def worker(case_dicts: list[dict], all_configs: bool, keep_asm: str | None, out=
 
 # What a record holds and how it is read off the compile; bump it when this harness changes
 # the fields it records or the way it parses them (cached records of another format are not
-# reused).
+# reused: it is part of every case's key).
 RECORD_FORMAT = 1
 
 
-def kernel_digest(op: str) -> str:
-    """What the compile records of ``op`` depend on: a hash of its Triton kernels with their
-    launchers, configs and prunes (``ops/matmul`` for the matmul ops, ``ops/conv`` and
-    ``conv_layout.py`` for the convolutions), what every launch goes through
-    (``ops/triton_backend.py``, ``ops/checks.py``, ``ops/_triton_utils.py``, ``ops/_alloc.py``,
-    ``ops/backends.py``, ``layout.py``), :data:`RECORD_FORMAT` and the triton and ptxas versions.
-    The CPU backend's files are left out."""
+def _feature(value) -> object:
+    """What triton's specialisation (and this harness's record) can depend on in one launch
+    argument: a tensor's dtype and 16-byte alignment (the kernel gets a pointer), a scalar's
+    value, anything else's repr."""
+    if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
+        return ("tensor", str(value.dtype), value.data_ptr() % 16 == 0)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return repr(value)
+
+
+def launch_key(launches: list, all_configs: bool) -> str:
+    """The cache key of one case: everything its compiles are made from. Per captured launch and
+    kept config: the JIT function's own ``cache_key`` (triton's hash of its source and of the
+    JIT functions and globals it uses), the arguments' features, the meta-parameters after the
+    config and heuristics, the grid and the config counts; then :data:`RECORD_FORMAT` and the
+    triton and ptxas versions. An edit that does not change what is compiled (argument checks,
+    docs, the CPU backend) keeps the key; any that does changes it."""
     import hashlib
 
     import triton
 
-    if op not in OPS:
-        raise ValueError(f"op must be one of {OPS}; got {op!r}")
-    pkg = Path(__file__).resolve().parents[1]
-    shared = ["ops/triton_backend.py", "ops/checks.py", "ops/_triton_utils.py", "ops/_alloc.py", "ops/backends.py"]
-    files = [pkg / name for name in (*shared, "layout.py")]
-    if op in MATMUL_OPS:
-        files += sorted((pkg / "ops" / "matmul").rglob("*.py"))
-    else:
-        files += [*sorted((pkg / "ops" / "conv").rglob("*.py")), pkg / "conv_layout.py"]
     h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(pkg)).encode())
-        h.update(f.read_bytes())
-    h.update(f"record-format-{RECORD_FORMAT}".encode())
+    for index, launch in enumerate(launches):
+        _outer, grid, args, _kwargs = launch
+        for fn, kw, config, counts in kept_configs(launch, all_configs):
+            named = dict(zip(fn.arg_names, args)) | kw
+            try:
+                programs = [int(g) for g in (grid(named) if callable(grid) else grid)]
+            except Exception:  # noqa: BLE001 - as in the record: a grid the harness cannot evaluate
+                programs = None
+            part = (
+                index,
+                fn.cache_key,
+                [_feature(a) for a in args],
+                sorted((k, _feature(v)) for k, v in kw.items()),
+                _config_text(config),
+                programs,
+                counts,
+            )
+            h.update(repr(part).encode())
+    h.update(f"record-format-{RECORD_FORMAT} all-configs-{all_configs}".encode())
     h.update(triton.__version__.encode())
     try:
         from triton.backends.nvidia.compiler import get_ptxas
@@ -593,6 +610,44 @@ def kernel_digest(op: str) -> str:
     except Exception:  # noqa: BLE001 - no NVIDIA backend: nothing compiles anyway
         pass
     return h.hexdigest()[:16]
+
+
+def key_worker(case_dicts: list[dict], all_configs: bool, out=sys.stdout) -> None:
+    """Capture every case's launches (no compile) and write ``{"case", "key"}`` per line."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the sm_90 key worker needs TRITON_INTERPRET=0 (set before triton is imported)")
+    _install_stub_driver()
+    for cd in case_dicts:
+        case = Case(**cd)
+        try:
+            key = launch_key(capture_launches(lambda case=case: _call_launcher(case)), all_configs)
+        except Exception as exc:  # noqa: BLE001 - no key: the case is compiled (and fails there)
+            key = f"error: {exc!r}"
+        print(json.dumps({"case": case.name, "key": key}), file=out)
+
+
+def case_keys(case_list: Sequence[Case], all_configs: bool, pythonpath: str | None = None) -> dict[str, str]:
+    """:func:`launch_key` of every case, computed in a subprocess of the checkout ``pythonpath``
+    (default: this module's) in a few seconds: launches are captured, nothing is compiled."""
+    root = pythonpath or str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "0",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--keys"]
+    if all_configs:
+        cmd.append("--all-configs")
+    res = subprocess.run(
+        cmd, input=json.dumps([asdict(c) for c in case_list]), capture_output=True, text=True, env=env, check=False
+    )
+    keys = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            keys[rec["case"]] = rec["key"]
+    return keys
 
 
 def default_cache(mode: str) -> Path:
@@ -606,8 +661,8 @@ def default_cache(mode: str) -> Path:
 
 def _read_cache(cache: Path, digests: dict[str, str]) -> dict[str, list[dict]]:
     """Records of the finished cases in ``cache`` (a JSON-lines file), by case name. A case
-    counts only if its end marker carries ``digests[case]`` (:func:`kernel_digest` of its op
-    now): records of other kernel sources or another triton are ignored, never reused."""
+    counts only if its end marker carries ``digests[case]`` (its :func:`launch_key` now):
+    records of other kernels, configs, launch arguments or another triton are never reused."""
     if not cache.exists():
         return {}
     pending: dict[str, list[dict]] = {}
@@ -648,8 +703,7 @@ def run_cases(
 
     ``cache``: a JSON-lines file the records are appended to as they come; cases it already
     holds in full are not compiled again, so a sweep that was stopped resumes where it was.
-    Each case is stamped with :func:`kernel_digest` of its op in the checkout this module comes
-    from (use a cache only with ``pythonpath`` left at its default)."""
+    Each case is stamped with its :func:`launch_key` (computed from the checkout compiled)."""
     root = pythonpath or str(Path(__file__).resolve().parents[2])
     env = {
         **os.environ,
@@ -664,8 +718,7 @@ def run_cases(
     if cache is not None:
         cache = Path(cache)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        by_op = {op: kernel_digest(op) for op in {c.op for c in case_list}}
-        digests = {c.name: by_op[c.op] for c in case_list}
+        digests = case_keys(case_list, all_configs, pythonpath)
         cached = _read_cache(cache, digests)
         cache_file = cache.open("a")
     todo = [c for c in case_list if c.name not in cached]
@@ -785,8 +838,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", required=True)
     parser.add_argument("--all-configs", action="store_true", help="every kept config, not only the first")
     parser.add_argument("--keep-asm", default=None, help="folder for the TTGIR, SASS and ptxas logs")
+    parser.add_argument("--keys", action="store_true", help="print each case's cache key instead of compiling")
     args = parser.parse_args(argv)
-    worker(json.load(sys.stdin), args.all_configs, args.keep_asm)
+    if args.keys:
+        key_worker(json.load(sys.stdin), args.all_configs)
+    else:
+        worker(json.load(sys.stdin), args.all_configs, args.keep_asm)
     return 0
 
 
