@@ -101,7 +101,9 @@ def check_conv(
         raise ValueError(f"x must be 4-D [N, C, H, W]; got shape {tuple(x.shape)}")
     args = (_int_key(kernel_size), _int_key(stride), _int_key(padding), _int_key(dilation))
     shape = (int(layout.shape[0]), int(layout.block_size[0]))
-    if None in args:  # not plain ints / pairs of ints (bools, floats, ...): the same checks, uncached
+    if None in args or torch.compiler.is_compiling():
+        # Not plain ints / pairs of ints (bools, floats, ...): the same checks, uncached. Traced
+        # code too: dynamo would warn about (and ignore) the cache.
         ks, st, pd, dl = _conv_geometry.__wrapped__(kernel_size, stride, padding, dilation, *shape)
     else:  # per call a cache lookup: a layer calls with the same arguments every time
         ks, st, pd, dl = _conv_geometry(*args, *shape)

@@ -54,3 +54,19 @@ def test_lists_and_tuples_give_the_same_geometry():
         checks.check_conv(torch.randn(1, 16, 6, 6), v, layout, (3, 3), (2, 1), (1, 0), (1, 1))
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         checks.check_conv(torch.randn(1, 32, 2, 6), v, layout, (3, 3), (2, 1), (0, 0), (1, 1))
+
+
+def test_traced_conv_checks_skip_the_cache():
+    """Under torch.compile the geometry checks run uncached (dynamo warns about lru_cache'd calls
+    and ignores the cache): no warning, the same result."""
+    import warnings
+
+    layout = _conv_layout()
+    x = torch.randn(1, 32, 6, 6)
+    v = torch.randn(layout.values_shape())
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, v: ops.conv2d(x, v, layout, 3, 1, 1), fullgraph=True, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = fn(x, v)
+    assert torch.equal(y, ops.conv2d(x, v, layout, 3, 1, 1))
