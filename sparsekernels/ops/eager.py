@@ -62,13 +62,15 @@ def use_eager(backend: str, *tensors: Tensor) -> bool:
     for t in tensors:
         if (
             type(t) not in _PLAIN
-            or t.device.type != "cpu"
+            or not t.is_cpu
             or t.dtype not in _NATIVE_DTYPES
             or torch._C._functorch.is_functorch_wrapped_tensor(t)
         ):
             return False
     if _tracing():
         return False
+    if backend == "auto":  # what backends.resolve answers for CPU tensors of a kernel dtype, without its checks
+        return backends.native_available()
     return backends.resolve(backend, tensors[0].device, tensors[0].dtype) == "native"
 
 

@@ -249,10 +249,6 @@ def _reference():
     return reference
 
 
-def _conv_out_hw(hw: Sequence[int], ks, st, pd, dl) -> tuple[int, int]:
-    return tuple((hw[i] + 2 * pd[i] - dl[i] * (ks[i] - 1) - 1) // st[i] + 1 for i in range(2))
-
-
 def conv2d_forward(x, values, layout, kernel_size, stride, padding, dilation) -> torch.Tensor:
     """Block-sparse convolution without bias (layout convention: :mod:`sparsekernels.conv_layout`).
 
@@ -273,9 +269,11 @@ def _run_conv2d_forward(x, values, layout, ks, st, pd, dl) -> torch.Tensor:
         return _as(empty, dtype)
     if _padding_meets_nonfinite(values, pd):
         return _as(_reference().conv2d_forward(x, values, layout, ks, st, pd, dl), dtype)
+    N, _, H, W = x.shape
     K = layout.shape[0] // (ks[0] * ks[1])
-    Ho, Wo = _conv_out_hw(x.shape[2:], ks, st, pd, dl)
-    y = new_output((x.shape[0], K, Ho, Wo), x.dtype, x.device, memory_format=torch.channels_last)
+    Ho = (H + 2 * pd[0] - dl[0] * (ks[0] - 1) - 1) // st[0] + 1
+    Wo = (W + 2 * pd[1] - dl[1] * (ks[1] - 1) - 1) // st[1] + 1
+    y = new_output((N, K, Ho, Wo), x.dtype, x.device, memory_format=torch.channels_last)
     _ops().conv2d_forward(x, values, *_layout_args(layout), list(ks), list(st), list(pd), list(dl), y)
     return _as(y, dtype)
 
