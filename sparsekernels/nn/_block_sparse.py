@@ -39,6 +39,8 @@ from sparsekernels.layout import INDEX_FIELDS, BlockLayout, blocks_for_density, 
 from sparsekernels.ops import backends
 from sparsekernels.ops.backends import check_backend
 
+_BUFFER_NAMES = tuple(f"layout_{f}" for f in INDEX_FIELDS)
+
 
 def top_blocks_layout(dense: torch.Tensor, block_size: tuple[int, int], density: float) -> BlockLayout:
     """Layout keeping the ``round(density * blocks)`` blocks of ``dense [M, N]`` with the
@@ -113,9 +115,18 @@ class BlockSparseWeight(nn.Module):
         """The current layout (a view of the ``layout_*`` buffers; no copy). The buffers were
         validated when they entered (construction, ``set_layout``, ``load_state_dict``); in-place
         edits of them are caught in debug-checks mode only."""
-        return BlockLayout._wrap(
-            self.matrix_shape, self.block_size, {f: getattr(self, f"layout_{f}") for f in INDEX_FIELDS}
-        )
+        buffers = self._buffers
+        fields = tuple(buffers[name] for name in _BUFFER_NAMES)
+        if torch.compiler.is_compiling():  # traced code: no Python-side cache to guard on
+            return BlockLayout._wrap(self.matrix_shape, self.block_size, dict(zip(INDEX_FIELDS, fields)))
+        cached = self.__dict__.get("_layout_cache")
+        # The wrapper over the same buffer objects is reused (set_layout and load_state_dict copy
+        # into them in place); .to(), .half() or assigning a buffer replace an object: rewrap.
+        if cached is not None and all(a is b for a, b in zip(cached[0], fields)):
+            return cached[1]
+        layout = BlockLayout._wrap(self.matrix_shape, self.block_size, dict(zip(INDEX_FIELDS, fields)))
+        self.__dict__["_layout_cache"] = (fields, layout)
+        return layout
 
     @property
     def nnz(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -98,6 +99,39 @@ def check_conv(
     check_operands(layout, values, validate_layout=validate_layout, x=x)
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D [N, C, H, W]; got shape {tuple(x.shape)}")
+    args = (_int_key(kernel_size), _int_key(stride), _int_key(padding), _int_key(dilation))
+    shape = (int(layout.shape[0]), int(layout.block_size[0]))
+    if None in args or torch.compiler.is_compiling():
+        # Not plain ints / pairs of ints (bools, floats, ...): the same checks, uncached. Traced
+        # code too: dynamo would warn about (and ignore) the cache.
+        ks, st, pd, dl = _conv_geometry.__wrapped__(kernel_size, stride, padding, dilation, *shape)
+    else:  # per call a cache lookup: a layer calls with the same arguments every time
+        ks, st, pd, dl = _conv_geometry(*args, *shape)
+    C = layout.shape[1]
+    if x.shape[1] != C:
+        raise ValueError(f"x must have {C} input channels (layout.shape[1]); got shape {tuple(x.shape)}")
+    for i, (size, k) in enumerate(zip(x.shape[2:], ks)):
+        if size + 2 * pd[i] < dl[i] * (k - 1) + 1:
+            raise ValueError(
+                f"x spatial size {tuple(x.shape[2:])} with padding {pd} is smaller than the dilated kernel {ks}"
+            )
+    return ks, st, pd, dl
+
+
+def _int_key(value) -> int | tuple[int, int] | None:
+    """``value`` as a cache key when it is an int or a pair of ints (exact types, so that ``True`` or
+    ``3.0``, equal to ``1`` and ``3`` as dict keys, still reach the type check), else None."""
+    if type(value) is int:
+        return value
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return (value[0], value[1])
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_geometry(kernel_size, stride, padding, dilation, rows: int, block_rows: int):
+    """The geometry checks of :func:`check_conv` that depend on no tensor: normalised pairs, or the
+    error. Cached (exceptions are not cached: a bad call raises every time)."""
     R, S = pair(kernel_size, "kernel_size")
     st, pd, dl = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if min(R, S, *st, *dl) < 1 or min(pd) < 0:
@@ -105,23 +139,15 @@ def check_conv(
             f"kernel_size, stride and dilation must be >= 1 and padding >= 0; got "
             f"kernel_size={(R, S)}, stride={st}, padding={pd}, dilation={dl}"
         )
-    rows, C = layout.shape
     if rows % (R * S):
         raise ValueError(f"layout rows ({rows}) must be a multiple of R*S = {R * S} for kernel_size {(R, S)}")
     K = rows // (R * S)
-    if K % layout.block_size[0]:
+    if K % block_rows:
         # Tap-major stacking: a block-row must not straddle two taps (the native rule, now everywhere).
         raise ValueError(
             f"kernel_size {(R, S)} does not match the layout: out_channels = layout rows / (R*S) = {K} "
-            f"must be a multiple of the block size {layout.block_size[0]}"
+            f"must be a multiple of the block size {block_rows}"
         )
-    if x.shape[1] != C:
-        raise ValueError(f"x must have {C} input channels (layout.shape[1]); got shape {tuple(x.shape)}")
-    for i, (size, k) in enumerate(zip(x.shape[2:], (R, S))):
-        if size + 2 * pd[i] < dl[i] * (k - 1) + 1:
-            raise ValueError(
-                f"x spatial size {tuple(x.shape[2:])} with padding {pd} is smaller than the dilated kernel {(R, S)}"
-            )
     return (R, S), st, pd, dl
 
 

@@ -62,13 +62,15 @@ def use_eager(backend: str, *tensors: Tensor) -> bool:
     for t in tensors:
         if (
             type(t) not in _PLAIN
-            or t.device.type != "cpu"
+            or not t.is_cpu
             or t.dtype not in _NATIVE_DTYPES
             or torch._C._functorch.is_functorch_wrapped_tensor(t)
         ):
             return False
     if _tracing():
         return False
+    if backend == "auto":  # what backends.resolve answers for CPU tensors of a kernel dtype, without its checks
+        return backends.native_available()
     return backends.resolve(backend, tensors[0].device, tensors[0].dtype) == "native"
 
 
@@ -99,7 +101,7 @@ class _Sdd(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, layout: BlockLayout) -> Tensor:
         ctx.save_for_backward(a, b)
         ctx.guard = _LayoutGuard(layout)
-        return nb.sdd(a, b, layout)
+        return nb._run_sdd(a, b, layout)
 
     @staticmethod
     def backward(ctx, grad):
@@ -110,8 +112,8 @@ class _Sdd(torch.autograd.Function):
             a,
             b,
             ctx.needs_input_grad[:2],
-            lambda v, bb, t: nb.dsd(v, L, bb, t),
-            lambda aa, v, t: nb.dds(aa, v, L, t),
+            lambda v, bb, t: nb._run_dsd(v, L, bb, t),
+            lambda aa, v, t: nb._run_dds(aa, v, L, t),
         )
         return da, db, None
 
@@ -121,7 +123,7 @@ class _Dsd(torch.autograd.Function):
     def forward(ctx, values: Tensor, b: Tensor, layout: BlockLayout, transpose: bool) -> Tensor:
         ctx.save_for_backward(values, b)
         ctx.guard, ctx.transpose = _LayoutGuard(layout), transpose
-        return nb.dsd(values, layout, b, transpose)
+        return nb._run_dsd(values, layout, b, transpose)
 
     @staticmethod
     def backward(ctx, grad):
@@ -133,8 +135,8 @@ class _Dsd(torch.autograd.Function):
             b,
             ctx.transpose,
             ctx.needs_input_grad[:2],
-            lambda aa, bb: nb.sdd(aa, bb, L),
-            lambda v, bb, t: nb.dsd(v, L, bb, t),
+            lambda aa, bb: nb._run_sdd(aa, bb, L),
+            lambda v, bb, t: nb._run_dsd(v, L, bb, t),
         )
         return dvalues, db, None, None
 
@@ -144,7 +146,7 @@ class _Dds(torch.autograd.Function):
     def forward(ctx, a: Tensor, values: Tensor, layout: BlockLayout, transpose: bool) -> Tensor:
         ctx.save_for_backward(a, values)
         ctx.guard, ctx.transpose = _LayoutGuard(layout), transpose
-        return nb.dds(a, values, layout, transpose)
+        return nb._run_dds(a, values, layout, transpose)
 
     @staticmethod
     def backward(ctx, grad):
@@ -156,8 +158,8 @@ class _Dds(torch.autograd.Function):
             values,
             ctx.transpose,
             ctx.needs_input_grad[:2],
-            lambda aa, bb: nb.sdd(aa, bb, L),
-            lambda aa, v, t: nb.dds(aa, v, L, t),
+            lambda aa, bb: nb._run_sdd(aa, bb, L),
+            lambda aa, v, t: nb._run_dds(aa, v, L, t),
         )
         return da, dvalues, None, None
 
@@ -167,7 +169,7 @@ class _Conv2d(torch.autograd.Function):
     def forward(ctx, x: Tensor, values: Tensor, layout: BlockLayout, geometry: tuple) -> Tensor:
         ctx.save_for_backward(x, values)
         ctx.guard, ctx.geometry = _LayoutGuard(layout), geometry
-        return nb.conv2d_forward(x, values, layout, *geometry)
+        return nb._run_conv2d_forward(x, values, layout, *geometry)
 
     @staticmethod
     def backward(ctx, grad):
@@ -178,24 +180,42 @@ class _Conv2d(torch.autograd.Function):
             x,
             values,
             ctx.needs_input_grad[:2],
-            lambda dy, v, shape: nb.conv2d_input_grad(dy, v, L, tuple(shape), *geometry),
-            lambda xx, dy: nb.conv2d_weight_grad(xx, dy, L, *geometry),
+            lambda dy, v, shape: nb._run_conv2d_input_grad(dy, v, L, tuple(shape), *geometry),
+            lambda xx, dy: nb._run_conv2d_weight_grad(xx, dy, L, *geometry),
         )
         return dx, dvalues, None, None
 
 
+def _differentiable(*tensors: Tensor) -> bool:
+    """Whether autograd must record this call. When it need not (``eval()`` under ``no_grad`` or
+    ``inference_mode``, frozen inputs), the Function's bookkeeping (its node, the saved tensors,
+    the layout guard) is skipped: the forward is the same function on the same inputs."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+# The callers (sparsekernels.ops) checked every argument on entry: these run the kernels.
 def sdd(a: Tensor, b: Tensor, layout: BlockLayout) -> Tensor:
-    return _Sdd.apply(a, b, layout)
+    if _differentiable(a, b):
+        return _Sdd.apply(a, b, layout)
+    return nb._run_sdd(a, b, layout)
 
 
 def dsd(values: Tensor, layout: BlockLayout, b: Tensor, transpose_sparse: bool) -> Tensor:
-    return _Dsd.apply(values, b, layout, bool(transpose_sparse))
+    if _differentiable(values, b):
+        return _Dsd.apply(values, b, layout, bool(transpose_sparse))
+    return nb._run_dsd(values, layout, b, bool(transpose_sparse))
 
 
 def dds(a: Tensor, values: Tensor, layout: BlockLayout, transpose_sparse: bool) -> Tensor:
-    return _Dds.apply(a, values, layout, bool(transpose_sparse))
+    if _differentiable(a, values):
+        return _Dds.apply(a, values, layout, bool(transpose_sparse))
+    return nb._run_dds(a, values, layout, bool(transpose_sparse))
 
 
 def conv2d(x: Tensor, values: Tensor, layout: BlockLayout, geometry: Sequence[tuple[int, int]]) -> Tensor:
-    """geometry: (kernel_size, stride, padding, dilation), each a pair of ints."""
-    return _Conv2d.apply(x, values, layout, tuple(tuple(g) for g in geometry))
+    """geometry: (kernel_size, stride, padding, dilation), each a pair of ints (normalised by
+    ``checks.check_conv``)."""
+    geometry = tuple(geometry)
+    if _differentiable(x, values):
+        return _Conv2d.apply(x, values, layout, geometry)
+    return nb._run_conv2d_forward(x, values, layout, *geometry)

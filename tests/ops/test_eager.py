@@ -97,3 +97,20 @@ def test_set_layout_between_forward_and_backward_raises():
     lay.col_indices.add_(0)  # an in-place write bumps the version counter, as set_layout does
     with pytest.raises(RuntimeError, match="modified in place between its forward and its backward"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
+def test_eager_path_without_autograd_is_bitwise_the_custom_op_path(name, mode, custom_op_path):
+    """Calls autograd need not record (no_grad, inference_mode, inputs without requires_grad)
+    skip the autograd.Function: the same values, and nothing recorded."""
+    fn, inputs = _cases()[name]
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode)
+    leaves = [t.detach().clone().requires_grad_(mode != "frozen") for t in inputs]
+    with ctx() if ctx else torch.enable_grad():
+        out = fn(*leaves)
+        with custom_op_path:
+            want = fn(*leaves)
+    assert out.grad_fn is None and not out.requires_grad
+    assert torch.equal(out, want), name
+    assert out.stride() == want.stride(), name

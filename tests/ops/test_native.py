@@ -389,3 +389,32 @@ def test_corrupted_layouts_raise(cpu):
             args = tuple(bad if a is conv_layout else a for a in args)
             with pytest.raises(ValueError, match=f"layout.{field}"):
                 fn(*args)
+
+
+@needs_native
+@pytest.mark.parametrize("case", ["overflowing-sum", "inf-minus-inf", "nan"])
+def test_nonfinite_weight_check_is_exact(case, cpu, monkeypatch):
+    """The forward falls back to the reference exactly when a stored weight is NaN/Inf: the
+    cheap ``sum`` pre-check must neither miss one (+Inf and -Inf sum to NaN, still caught) nor
+    send finite weights whose sum overflows to the slow path."""
+    layout = BlockLayout.dense((9 * 16, 16), 16)
+    x = torch.randn(1, 16, 4, 4)
+    v = torch.randn(layout.values_shape())
+    if case == "overflowing-sum":
+        v = v.sign() * 3e38  # finite, but the float32 sum overflows
+        v[0] = 3e38
+    elif case == "inf-minus-inf":
+        v[0, 0, 0], v[1, 0, 0] = float("inf"), float("-inf")
+    else:
+        v[0, 0, 0] = float("nan")
+    finite = bool(torch.isfinite(v).all())
+    assert not torch.isfinite(v.sum()) or case == "nan"
+    used = []
+    real = nb._reference
+    monkeypatch.setattr(nb, "_reference", lambda: used.append(True) or real())
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    y = nb.conv2d_forward(x, v, layout, *geo)
+    assert bool(used) == (not finite)
+    if not finite:  # the reference's dense semantics: 0 * NaN/Inf at the padding is NaN
+        want = F.conv2d(x, conv_matrix_to_weight(layout.values_to_dense(v), (3, 3)), padding=1)
+        assert torch.equal(torch.isnan(y), torch.isnan(want))
