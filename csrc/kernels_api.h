@@ -127,6 +127,7 @@ struct Kernels {
   void (*conv_dw)(const ConvDwArgs&, int64_t begin, int64_t end, void* scratch);
 };
 
+extern const Kernels kernels_avx512;    // kernels_avx512.cpp: AVX-512F, 12x32 register tiles
 extern const Kernels kernels_avx2;      // kernels_avx2.cpp: AVX2 + FMA, 6x16 register tiles
 extern const Kernels kernels_baseline;  // kernels_baseline.cpp: any x86-64 / other CPU
 

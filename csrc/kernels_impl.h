@@ -25,13 +25,17 @@
 #ifndef SK_MR
 #error "define SK_MR and SK_NV before including kernels_impl.h"
 #endif
+#ifndef SK_VW
+#define SK_VW 8  // floats per vector: 8 (AVX2, or two SSE registers), 16 (AVX-512)
+#endif
 
-typedef float v8 __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(4 * SK_VW)));
 typedef long long i64;
 
-constexpr int MR = SK_MR;   // rows of the register tile
-constexpr int NV = SK_NV;   // 8-float vectors per row of the register tile
-constexpr int NR = 8 * NV;  // columns of the register tile
+constexpr int VW = SK_VW;    // floats per vector
+constexpr int MR = SK_MR;    // rows of the register tile
+constexpr int NV = SK_NV;    // vectors per row of the register tile
+constexpr int NR = VW * NV;  // columns of the register tile
 
 #define SK_INLINE inline __attribute__((always_inline))
 
@@ -40,21 +44,29 @@ SK_INLINE i64 imax(i64 a, i64 b) { return a > b ? a : b; }
 SK_INLINE i64 cdiv(i64 a, i64 b) { return (a + b - 1) / b; }
 
 // Unaligned vector load/store (memcpy compiles to one vmovups); the partial versions handle
-// the last < 8 columns of an output whose width is not a multiple of 8.
-SK_INLINE v8 load8(const float* p) {
-  v8 v;
+// the last < VW columns of an output whose width is not a multiple of VW. A target with
+// masked loads (AVX-512) defines SK_MASKED_PART and sk_load_part / sk_store_part (one masked
+// instruction each) before including this file; elsewhere they are scalar loops.
+SK_INLINE vf loadv(const float* p) {
+  vf v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-SK_INLINE void store8(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
-SK_INLINE v8 load_part(const float* p, int n) {
-  v8 v = {0, 0, 0, 0, 0, 0, 0, 0};
+SK_INLINE void storev(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+SK_INLINE vf zerov() { return vf{}; }
+#ifdef SK_MASKED_PART
+SK_INLINE vf load_part(const float* p, int n) { return sk_load_part(p, n); }
+SK_INLINE void store_part(float* p, vf v, int n) { sk_store_part(p, v, n); }
+#else
+SK_INLINE vf load_part(const float* p, int n) {
+  vf v = zerov();
   for (int q = 0; q < n; ++q) v[q] = p[q];
   return v;
 }
-SK_INLINE void store_part(float* p, v8 v, int n) {
+SK_INLINE void store_part(float* p, vf v, int n) {
   for (int q = 0; q < n; ++q) p[q] = v[q];
 }
+#endif
 
 // ------------------------------------------------------------------------ micro-kernels
 
@@ -79,25 +91,25 @@ struct StridedSegs {
 // The accumulator tile of M rows and V vectors (V = 1 with `part` < 8 columns for the tail).
 template <int M, int V>
 struct Tile {
-  v8 acc[M][V];
+  vf acc[M][V];
 
   SK_INLINE void start(const float* c, i64 ldc, bool accumulate, int part) {
     for (int i = 0; i < M; ++i)
       for (int v = 0; v < V; ++v) {
         if (!accumulate)
-          acc[i][v] = v8{0, 0, 0, 0, 0, 0, 0, 0};
+          acc[i][v] = zerov();
         else
-          acc[i][v] = part < 8 ? load_part(c + i * ldc, part) : load8(c + i * ldc + 8 * v);
+          acc[i][v] = part < VW ? load_part(c + i * ldc, part) : loadv(c + i * ldc + VW * v);
       }
   }
 
   SK_INLINE void finish(float* c, i64 ldc, int part) const {
     for (int i = 0; i < M; ++i)
       for (int v = 0; v < V; ++v) {
-        if (part < 8)
+        if (part < VW)
           store_part(c + i * ldc, acc[i][v], part);
         else
-          store8(c + i * ldc + 8 * v, acc[i][v]);
+          storev(c + i * ldc + VW * v, acc[i][v]);
       }
   }
 
@@ -107,8 +119,8 @@ struct Tile {
     for (int i = 0; i < M; ++i) r[i] = rows[i];
     i64 ka = 0;
     for (i64 k = 0; k < kc; ++k, ka += a_cs, b += b_rs) {
-      v8 bv[V];
-      for (int v = 0; v < V; ++v) bv[v] = part < 8 ? load_part(b, part) : load8(b + 8 * v);
+      vf bv[V];
+      for (int v = 0; v < V; ++v) bv[v] = part < VW ? load_part(b, part) : loadv(b + VW * v);
       for (int i = 0; i < M; ++i) {
         const float ai = r[i][ka];
         for (int v = 0; v < V; ++v) acc[i][v] += bv[v] * ai;
@@ -147,9 +159,9 @@ __attribute__((noinline)) void tile_strided(const StridedSegs& s, i64 a_off, i64
 template <class Call>
 SK_INLINE void over_columns(int m, i64 n, Call&& call) {
   i64 col = 0;
-  for (; col + NR <= n; col += NR) call.template run<NV>(m, col, 8);
+  for (; col + NR <= n; col += NR) call.template run<NV>(m, col, VW);
   if (NV > 1)
-    for (; col + 8 <= n; col += 8) call.template run<1>(m, col, 8);
+    for (; col + VW <= n; col += VW) call.template run<1>(m, col, VW);
   if (col < n) call.template run<1>(m, col, (int)(n - col));
 }
 
@@ -165,6 +177,12 @@ SK_INLINE void over_columns(int m, i64 n, Call&& call) {
       case 6: if (MR >= 6) FN<(MR >= 6 ? 6 : 1), V>(__VA_ARGS__); break; \
       case 7: if (MR >= 7) FN<(MR >= 7 ? 7 : 1), V>(__VA_ARGS__); break; \
       case 8: if (MR >= 8) FN<(MR >= 8 ? 8 : 1), V>(__VA_ARGS__); break; \
+      case 9: if (MR >= 9) FN<(MR >= 9 ? 9 : 1), V>(__VA_ARGS__); break; \
+      case 10: if (MR >= 10) FN<(MR >= 10 ? 10 : 1), V>(__VA_ARGS__); break; \
+      case 11: if (MR >= 11) FN<(MR >= 11 ? 11 : 1), V>(__VA_ARGS__); break; \
+      case 12: if (MR >= 12) FN<(MR >= 12 ? 12 : 1), V>(__VA_ARGS__); break; \
+      case 13: if (MR >= 13) FN<(MR >= 13 ? 13 : 1), V>(__VA_ARGS__); break; \
+      case 14: if (MR >= 14) FN<(MR >= 14 ? 14 : 1), V>(__VA_ARGS__); break; \
     }                                                           \
   } while (0)
 
@@ -473,7 +491,11 @@ struct ConvScratch {
 
 // ---- forward
 
-SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return p.pix_chunk; }
+// Row tiles that rows_next cuts `count` pixels into: all MR high except that the last MR + 1
+// or MR + 2 may become two.
+SK_INLINE i64 max_row_tiles(i64 count) { return cdiv(count, MR) + 1; }
+
+SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return max_row_tiles(p.pix_chunk); }
 
 int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) { return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk); }
 
@@ -545,8 +567,8 @@ SK_INLINE i64 dx_lines_per_task(const sk::ConvDxArgs& p) {
 }
 
 SK_INLINE i64 dx_max_tiles(const sk::ConvDxArgs& p) {
-  if (p.g.sh == 1 && p.g.sw == 1) return p.pix_chunk;
-  return dx_lines_per_task(p) * cdiv(p.g.W, p.g.sw);
+  if (p.g.sh == 1 && p.g.sw == 1) return max_row_tiles(p.pix_chunk);
+  return dx_lines_per_task(p) * max_row_tiles(cdiv(p.g.W, p.g.sw));
 }
 
 int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
@@ -669,11 +691,11 @@ SK_INLINE bool dw_border_has_nonfinite(const sk::ConvDwArgs& p) {
     hi = imin(hi, imax(0, imin(g.Wo, off_w >= g.W ? 0 : cdiv(g.W - off_w, g.sw))));
   }
   hi = imax(hi, lo);
-  v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  vf acc = zerov();
   float tail = 0.0f;
   auto scan = [&](const float* d, i64 n) {  // x * 0 is 0 for finite x, NaN for NaN/Inf
     i64 q = 0;
-    for (; q + 8 <= n; q += 8) acc += load8(d + q) * 0.0f;
+    for (; q + VW <= n; q += VW) acc += loadv(d + q) * 0.0f;
     for (; q < n; ++q) tail += d[q] * 0.0f;
   };
   for (i64 row = 0; row < g.N * g.Ho; ++row) {
@@ -691,7 +713,7 @@ SK_INLINE bool dw_border_has_nonfinite(const sk::ConvDwArgs& p) {
       scan(d + hi * g.K, (g.Wo - hi) * g.K);
     }
   }
-  for (int q = 0; q < 8; ++q) tail += acc[q];
+  for (int q = 0; q < VW; ++q) tail += acc[q];
   return tail != tail;
 }
 

@@ -46,10 +46,23 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // The zmm state saved by the OS is part of what __builtin_cpu_supports checks (XCR0).
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
 const Kernels* select_default() {
-  // SPARSEKERNELS_NATIVE_ISA=baseline forces the portable kernels (for testing them).
+  // SPARSEKERNELS_NATIVE_ISA=baseline / avx2 caps the instruction set (for testing the
+  // portable kernels, or comparing).
   const char* env = std::getenv("SPARSEKERNELS_NATIVE_ISA");
   if (env != nullptr && std::strcmp(env, "baseline") == 0) return &kernels_baseline;
+  if (env != nullptr && std::strcmp(env, "avx2") == 0 && cpu_has_avx2_fma()) return &kernels_avx2;
+  if (cpu_has_avx512()) return &kernels_avx512;
   return cpu_has_avx2_fma() ? &kernels_avx2 : &kernels_baseline;
 }
 
@@ -72,10 +85,13 @@ void set_isa(const std::string& name) {
   } else if (name == "avx2") {
     TORCH_CHECK_VALUE(cpu_has_avx2_fma(), "isa 'avx2' requested but this CPU lacks AVX2/FMA");
     g_kernels.store(&kernels_avx2);
+  } else if (name == "avx512") {
+    TORCH_CHECK_VALUE(cpu_has_avx512(), "isa 'avx512' requested but this CPU lacks AVX-512 (F, VL, DQ)");
+    g_kernels.store(&kernels_avx512);
   } else if (name == "auto") {
     g_kernels.store(select_default());
   } else {
-    TORCH_CHECK_VALUE(false, "isa must be 'auto', 'avx2' or 'baseline'; got '", name, "'");
+    TORCH_CHECK_VALUE(false, "isa must be 'auto', 'avx512', 'avx2' or 'baseline'; got '", name, "'");
   }
 }
 
