@@ -83,6 +83,7 @@ struct ConvFwdArgs {
   const float* zeros;     // >= C zeros: the row read for padded input pixels
   int64_t pix_chunk;
   float* y;               // [N, Ho, Wo, K]
+  bool stream_out;        // write y with non-temporal stores (large outputs: no read-for-ownership)
 };
 
 // dx = conv_input_grad(dy, W): DX[pixel, c]. Task = a group of input pixels x all channels
@@ -95,6 +96,7 @@ struct ConvDxArgs {
   const float* zeros;   // >= K zeros
   int64_t pix_chunk;
   float* dx;            // [N, H, W, C]
+  bool stream_out;      // as ConvFwdArgs::stream_out
 };
 
 // dvalues[j] = sum over output pixels of dy[p, k-block]^T x[shifted p, c-block].

@@ -25,6 +25,9 @@ inline __attribute__((always_inline)) void sk_store_part(float* p, vf16 v, int n
   _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
 }
 #define SK_MASKED_PART
+inline __attribute__((always_inline)) void sk_stream_store(float* p, vf16 v) { _mm512_stream_ps(p, (__m512)v); }
+inline __attribute__((always_inline)) void sk_stream_fence() { _mm_sfence(); }
+#define SK_STREAM_STORE
 #define SK_MR 12
 #define SK_NV 2
 #define SK_VW 16
@@ -33,6 +36,7 @@ inline __attribute__((always_inline)) void sk_store_part(float* p, vf16 v, int n
 #undef SK_NV
 #undef SK_VW
 #undef SK_MASKED_PART
+#undef SK_STREAM_STORE
 }  // namespace avx512
 
 const Kernels kernels_avx512 = {

@@ -54,6 +54,20 @@ SK_INLINE vf loadv(const float* p) {
 }
 SK_INLINE void storev(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 SK_INLINE vf zerov() { return vf{}; }
+// Non-temporal store of one aligned vector (a plain store where the target has none); a
+// kernel that streams ends with stream_fence() so the stores are visible to other threads.
+#ifdef SK_STREAM_STORE
+SK_INLINE void stream_store(float* p, vf v) { sk_stream_store(p, v); }
+SK_INLINE void stream_fence() { sk_stream_fence(); }
+#else
+SK_INLINE void stream_store(float* p, vf v) { storev(p, v); }
+SK_INLINE void stream_fence() {}
+#endif
+// Whether rows c, c + ldc, ... of full vectors can be streamed: vector-aligned.
+SK_INLINE bool stream_ok(const float* c, i64 ldc, int part) {
+  return part == VW && (reinterpret_cast<unsigned long long>(c) % sizeof(vf)) == 0 &&
+         (ldc * (i64)sizeof(float)) % (i64)sizeof(vf) == 0;
+}
 #ifdef SK_MASKED_PART
 SK_INLINE vf load_part(const float* p, int n) { return sk_load_part(p, n); }
 SK_INLINE void store_part(float* p, vf v, int n) { sk_store_part(p, v, n); }
@@ -75,6 +89,7 @@ struct RowSegs {
   const float* const* a;  // [nseg][MR]
   const float* const* b;  // [nseg]
   i64 nseg, kc, a_cs, b_rs;
+  bool stream = false;  // write the output tile with non-temporal stores (see stream_ok)
 };
 
 struct StridedSeg {
@@ -101,6 +116,12 @@ struct Tile {
         else
           acc[i][v] = part < VW ? load_part(c + i * ldc, part) : loadv(c + i * ldc + VW * v);
       }
+  }
+
+  // Non-temporal stores of full, vector-aligned rows (stream_ok checked that).
+  SK_INLINE void finish_stream(float* c, i64 ldc) const {
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) stream_store(c + i * ldc + VW * v, acc[i][v]);
   }
 
   SK_INLINE void finish(float* c, i64 ldc, int part) const {
@@ -137,7 +158,10 @@ __attribute__((noinline)) void tile_rows(const RowSegs& s, i64 b_off, float* c, 
   Tile<M, V> t;
   t.start(c, ldc, accumulate, part);
   for (i64 j = 0; j < s.nseg; ++j) t.update(s.a + j * MR, s.a_cs, s.b[j] + b_off, s.b_rs, s.kc, part);
-  t.finish(c, ldc, part);
+  if (s.stream && stream_ok(c, ldc, part))
+    t.finish_stream(c, ldc);
+  else
+    t.finish(c, ldc, part);
 }
 
 template <int M, int V>
@@ -469,7 +493,7 @@ struct ConvScratch {
   }
 
   // Runs every group over every tile: group q writes channels [q*width, (q+1)*width).
-  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out) const {
+  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream) const {
     for (i64 q = 0; q < ngroups; ++q) {
       for (i64 t = 0; t < ntiles; ++t) {
         const ConvTile& tile = tiles[t];
@@ -482,10 +506,11 @@ struct ConvScratch {
           for (int i = 0; i < tile.m; ++i) a_tab[used * MR + i] = tile_rows[g.tap * MR + i] + g.a_off;
           b_tab[used++] = g.b;
         }
-        const RowSegs segs{a_tab, b_tab, used, kc, 1, width};
+        const RowSegs segs{a_tab, b_tab, used, kc, 1, width, stream};
         gemm_rows(tile.m, width, segs, 0, out + tile.out + q * width, tile.ldc, false);
       }
     }
+    if (stream) stream_fence();
   }
 };
 
@@ -551,7 +576,7 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
         any[t] = found;
       }
     }
-    sc.run(Kb, ntiles, T, bc, bk, p.y);
+    sc.run(Kb, ntiles, T, bc, bk, p.y, p.stream_out);
   }
 }
 
@@ -652,7 +677,7 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         }
       }
     }
-    sc.run(Cb, ntiles, T, bk, bc, p.dx);
+    sc.run(Cb, ntiles, T, bk, bc, p.dx, p.stream_out);
   }
 }
 

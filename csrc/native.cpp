@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -24,6 +25,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -392,6 +394,23 @@ ConvGeom conv_geom(const Layout& L, int64_t N, int64_t C, int64_t H, int64_t W, 
 
 constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
+// Whether the forward / input-gradient kernels write `out` with non-temporal stores. Both
+// write each output element exactly once, so an output that cannot stay in the core's L2
+// anyway is streamed to memory instead of first being read for ownership: measured on the
+// ResNet-18 step (1 thread, batch 64, b32), conv forward 131 -> 104 ms and input gradient 142
+// -> 107 ms per step, the following BatchNorm no slower. Small outputs (inference at batch
+// 1, late layers) stay in cache for the next op. SPARSEKERNELS_NATIVE_STREAM=0/1 forces it.
+bool stream_output(const at::Tensor& out) {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("SPARSEKERNELS_NATIVE_STREAM");
+    if (env != nullptr && env[0] == '0') return std::numeric_limits<int64_t>::max();
+    if (env != nullptr && env[0] == '1') return int64_t{0};
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? int64_t{l2} : int64_t{1} << 20;
+  }();
+  return out.numel() * int64_t{sizeof(float)} > limit;
+}
+
 // Conv tasks cover 48 pixels: a multiple of every register-tile height (6 and 4), and small
 // enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
 constexpr int64_t kPixChunk = 144;
@@ -418,6 +437,7 @@ void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::Tensor
   a.zeros = zeros.data_ptr<float>();
   a.pix_chunk = kPixChunk;
   a.y = y.data_ptr<float>();
+  a.stream_out = stream_output(y);
   const Kernels& k = kernels();
   const int64_t tasks = k.conv_fwd_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
@@ -446,6 +466,7 @@ void conv2d_input_grad(const at::Tensor& dy_in, const at::Tensor& values, at::Te
   a.zeros = zeros.data_ptr<float>();
   a.pix_chunk = kPixChunk;
   a.dx = dx.data_ptr<float>();
+  a.stream_out = stream_output(dx);
   const Kernels& k = kernels();
   const int64_t tasks = k.conv_dx_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;

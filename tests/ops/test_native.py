@@ -271,6 +271,21 @@ def test_threads_give_identical_results(cpu, threads):
 
 
 @needs_native
+def test_large_outputs_streamed(cpu, threads):
+    """Forward and input-gradient outputs of 8 MB (beyond any per-core L2: written with
+    non-temporal stores), and the weight gradient of the same problem: against float64, and
+    bitwise equal with 1 and 2 threads. Block density 0.5 of a 64-channel 3x3 layer."""
+    layout, values, x = _conv_problem(batch=32, channels=(64, 64), size=(32, 32), block=32, density=0.5)
+    for name, (fn, args) in _every_conv(layout, values, x, stride=1).items():
+        torch.set_num_threads(1)
+        first = fn(*args)
+        torch.set_num_threads(2)
+        assert torch.equal(first, fn(*args)), name
+        expected = getattr(ref, name)(*(t.to(F64) if isinstance(t, torch.Tensor) else t for t in args))
+        assert_close(first, expected)
+
+
+@needs_native
 def test_build_has_parallel_backend(cpu, threads):
     """A build check, not a timing: the extension was compiled with torch's parallel backend,
     binds to the OpenMP runtime torch loaded, follows torch.set_num_threads, and one parallel
