@@ -484,6 +484,24 @@ struct PixelTile {
 
 SK_INLINE i64 conv_taps(const sk::ConvGeom& g) { return g.R * g.S; }
 
+// Prefetch of the activations a task reads that the previous task of the same thread did not:
+// rows [lo, hi] (clamped to [0, rows)) of images n0 .. n1 of a [N, rows, cols, ch] tensor,
+// from the end of what was already prefetched.
+struct TaskPrefetch {
+  RangePrefetch pf;
+  const float* done = nullptr;
+  SK_INLINE void next(const float* base, i64 rows, i64 cols, i64 ch, i64 n0, i64 lo, i64 n1, i64 hi) {
+    lo = imin(rows - 1, imax(0, lo));
+    hi = imin(rows - 1, imax(0, hi));
+    const float* a = base + (n0 * rows + lo) * cols * ch;
+    const float* b = base + (n1 * rows + hi + 1) * cols * ch;
+    if (done != nullptr && a < done && done <= b) a = done;
+    pf.reset(a, b);
+    done = b;
+  }
+  SK_INLINE void none() { pf.reset(nullptr, nullptr); }
+};
+
 // Per-task scratch, carved from one buffer (pointer-aligned parts first, bytes last).
 struct ConvScratch {
   ConvSeg* seg;           // [nnz]
@@ -511,9 +529,13 @@ struct ConvScratch {
   }
 
   // Runs every group over every tile: group q writes channels [q*width, (q+1)*width).
-  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream) const {
+  // `pf` (the next task's activations) advances a share of its lines per tile.
+  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream,
+                     RangePrefetch& pf) const {
+    const i64 per_tile = cdiv(pf.lines(), imax(1, ngroups * ntiles));
     for (i64 q = 0; q < ngroups; ++q) {
       for (i64 t = 0; t < ntiles; ++t) {
+        pf.step(per_tile);
         const ConvTile& tile = tiles[t];
         const float* const* tile_rows = rows + t * T * MR;
         const char* tile_any = any + t * T;
@@ -571,8 +593,16 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
   }
   sc.group[Kb] = nseg;
 
+  TaskPrefetch tp;
   for (i64 task = begin; task < end; ++task) {
     const i64 p0 = task * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
+    if (task + 1 < end) {  // input rows of the next task's output pixels [p1, q1)
+      const i64 q1 = imin(npix, p1 + p.pix_chunk) - 1, hw = g.Ho * g.Wo;
+      tp.next(p.x, g.H, g.W, g.C, p1 / hw, (p1 % hw) / g.Wo * g.sh - g.ph, q1 / hw,
+              (q1 % hw) / g.Wo * g.sh - g.ph + (g.R - 1) * g.dh);
+    } else {
+      tp.none();
+    }
     PixelTile px(g.Ho, g.Wo);
     i64 ntiles = 0;
     for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
@@ -594,7 +624,7 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
         any[t] = found;
       }
     }
-    sc.run(Kb, ntiles, T, bc, bk, p.y, p.stream_out);
+    sc.run(Kb, ntiles, T, bc, bk, p.y, p.stream_out, tp.pf);
   }
 }
 
@@ -674,8 +704,25 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
   };
 
   const i64 lines_per_task = dx_lines_per_task(p);
+  const i64 nlines = g.N * g.H * g.sw;
+  TaskPrefetch tp;
   for (i64 task = begin; task < end; ++task) {
     ntiles = 0;
+    // dy rows the next task's input pixels receive from: output rows (ih + ph - r*dh) / sh.
+    i64 n0 = -1, ih0 = 0, n1 = 0, ih1 = 0;
+    if (task + 1 < end && unit_stride) {
+      const i64 q0 = (task + 1) * p.pix_chunk, q1 = imin(g.N * g.H * g.W, q0 + p.pix_chunk) - 1;
+      if (q0 <= q1) n0 = q0 / (g.H * g.W), ih0 = (q0 / g.W) % g.H, n1 = q1 / (g.H * g.W), ih1 = (q1 / g.W) % g.H;
+    } else if (task + 1 < end) {
+      const i64 l0 = (task + 1) * lines_per_task, l1 = imin(nlines, l0 + lines_per_task) - 1;
+      if (l0 <= l1) n0 = l0 / (g.sw * g.H), ih0 = (l0 / g.sw) % g.H, n1 = l1 / (g.sw * g.H), ih1 = (l1 / g.sw) % g.H;
+    }
+    if (n0 >= 0) {
+      const i64 lo = ih0 + g.ph - (g.R - 1) * g.dh, hi = ih1 + g.ph;
+      tp.next(p.dy, g.Ho, g.Wo, g.K, n0, lo < 0 ? 0 : lo / g.sh, n1, hi / g.sh);
+    } else {
+      tp.none();
+    }
     if (unit_stride) {
       const i64 p0 = task * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
       for (i64 i0 = p0, m; i0 < p1; i0 += m) {
@@ -684,7 +731,7 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         add_tile((int)m, i0 * g.C, g.C);
       }
     } else {
-      const i64 l0 = task * lines_per_task, l1 = imin(g.N * g.H * g.sw, l0 + lines_per_task);
+      const i64 l0 = task * lines_per_task, l1 = imin(nlines, l0 + lines_per_task);
       for (i64 line = l0; line < l1; ++line) {
         const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
         const i64 count = phase < g.W ? cdiv(g.W - phase, g.sw) : 0;
@@ -695,7 +742,7 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         }
       }
     }
-    sc.run(Cb, ntiles, T, bk, bc, p.dx, p.stream_out);
+    sc.run(Cb, ntiles, T, bk, bc, p.dx, p.stream_out, tp.pf);
   }
 }
 
