@@ -79,6 +79,16 @@ const Kernels& kernels() {
   return *k;
 }
 
+// The table for an op whose register tiles are `width` columns wide (the output columns a
+// tile covers: a block width, or dsd's column panel). The AVX-512 tiles are two zmm vectors
+// wide; a narrower output (blocks of 16 or less) would leave one vector per row, one
+// broadcast per FMA, and measured 2x slower than the AVX2 6x16 tile (dds b16 2048x2048 at
+// 256 rows 4.3 -> 8.2 ms, conv forward b16 7.5 -> 14 ms), so such ops run the AVX2 table.
+const Kernels& kernels_for(int64_t width) {
+  const Kernels& k = kernels();
+  return (&k == &kernels_avx512 && width < 32) ? kernels_avx2 : k;
+}
+
 std::string isa() { return kernels().name; }
 
 void set_isa(const std::string& name) {
@@ -300,7 +310,7 @@ void dsd(const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta, 
   a.panel = std::max<int64_t>(1, std::min<int64_t>(P, 64));
   a.out = out.data_ptr<float>();
   a.transpose = transpose_sparse;
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(a.panel);
   const int64_t tasks = batch * (transpose_sparse ? L.C : L.R) * cdiv(P, a.panel);
   const double work = 2.0 * L.nnz * L.bm * L.bn * P * batch;
   run_tasks(tasks, k.dsd_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.dsd(a, s, e, scr); });
@@ -333,7 +343,7 @@ void dds(const at::Tensor& a_in, const at::Tensor& values, at::TensorList layout
   d.row_chunk = 96;  // 16 tiles of 6 rows per task
   d.out = out.data_ptr<float>();
   d.transpose = transpose_sparse;
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(transpose_sparse ? L.bm : L.bn);
   if (P == 0) return;
   const int64_t tasks = (transpose_sparse ? L.R : L.C) * cdiv(P, d.row_chunk);
   const double work = 2.0 * L.nnz * L.bm * L.bn * P;
@@ -363,7 +373,7 @@ void sdd(const at::Tensor& a_in, const at::Tensor& b_in, at::TensorList layout, 
   s.b_cs = b_in.stride(1);
   s.K = a_in.size(1);
   s.out = out.data_ptr<float>();
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bn);
   const double work = 2.0 * L.nnz * L.bm * L.bn * s.K;
   run_tasks(L.nnz, k.sdd_scratch(s), work, [&](int64_t b0, int64_t e, void* scr) { k.sdd(s, b0, e, scr); });
 }
@@ -438,7 +448,7 @@ void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::Tensor
   a.pix_chunk = kPixChunk;
   a.y = y.data_ptr<float>();
   a.stream_out = stream_output(y);
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bm);
   const int64_t tasks = k.conv_fwd_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_fwd_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_fwd(a, s, e, scr); });
@@ -467,7 +477,7 @@ void conv2d_input_grad(const at::Tensor& dy_in, const at::Tensor& values, at::Te
   a.pix_chunk = kPixChunk;
   a.dx = dx.data_ptr<float>();
   a.stream_out = stream_output(dx);
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bn);
   const int64_t tasks = k.conv_dx_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_dx_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_dx(a, s, e, scr); });
@@ -493,7 +503,7 @@ void conv2d_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, at::Ten
   a.x = x.data_ptr<float>();
   a.dy = dy.data_ptr<float>();
   a.out = out.data_ptr<float>();
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bn);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   // One contiguous range of blocks per thread: the kernel streams the activations once per
   // range, so the fewer ranges the less memory traffic (blocks cost about the same).
