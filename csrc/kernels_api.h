@@ -82,6 +82,7 @@ struct ConvFwdArgs {
   const float* values_t;  // [nnz, bc, bk]: blocks transposed, so output channels are contiguous
   const float* zeros;     // >= C zeros: the row read for padded input pixels
   int64_t pix_chunk;
+  int64_t group_split;    // tasks per pixel chunk, each a range of output channel blocks (1 ..= K / bk)
   float* y;               // [N, Ho, Wo, K]
   bool stream_out;        // write y with non-temporal stores (large outputs: no read-for-ownership)
 };
@@ -95,6 +96,7 @@ struct ConvDxArgs {
   const float* values;  // [nnz, bk, bc]
   const float* zeros;   // >= K zeros
   int64_t pix_chunk;
+  int64_t group_split;  // tasks per pixel group, each a range of input channel blocks (1 ..= C / bc)
   float* dx;            // [N, H, W, C]
   bool stream_out;      // as ConvFwdArgs::stream_out
 };

@@ -528,12 +528,12 @@ struct ConvScratch {
     tap_used = any + max_tiles * T;
   }
 
-  // Runs every group over every tile: group q writes channels [q*width, (q+1)*width).
+  // Runs groups [q0, q1) over every tile: group q writes channels [q*width, (q+1)*width).
   // `pf` (the next task's activations) advances a share of its lines per tile.
-  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream,
+  SK_INLINE void run(i64 q0, i64 q1, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream,
                      RangePrefetch& pf) const {
-    const i64 per_tile = cdiv(pf.lines(), imax(1, ngroups * ntiles));
-    for (i64 q = 0; q < ngroups; ++q) {
+    const i64 per_tile = cdiv(pf.lines(), imax(1, (q1 - q0) * ntiles));
+    for (i64 q = q0; q < q1; ++q) {
       for (i64 t = 0; t < ntiles; ++t) {
         pf.step(per_tile);
         const ConvTile& tile = tiles[t];
@@ -562,14 +562,17 @@ SK_INLINE i64 max_row_tiles(i64 count) { return cdiv(count, MR) + 1; }
 
 SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return max_row_tiles(p.pix_chunk); }
 
-int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) { return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk); }
+int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) {
+  return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk) * p.group_split;
+}
 
 int64_t conv_fwd_scratch(const sk::ConvFwdArgs& p) {
   return ConvScratch::bytes(p.L.nnz, p.g.K / p.L.bm, fwd_max_tiles(p), conv_taps(p.g));
 }
 
 // Task = pix_chunk consecutive output pixels (flattened n, oh, ow; tiles cross image rows)
-// x all K output channels. Group kb = the active blocks of block-rows t*Kb + kb over taps t;
+// x one of group_split ranges of output channel blocks (consecutive tasks of one pixel chunk
+// reuse its row tables). Group kb = the active blocks of block-rows t*Kb + kb over taps t;
 // tap t of output pixel (oh, ow) reads input pixel (oh*sh - ph + r*dh, ow*sw - pw + s*dw).
 void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
@@ -594,37 +597,43 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
   sc.group[Kb] = nseg;
 
   TaskPrefetch tp;
+  const i64 gsplit = p.group_split;
+  i64 ntiles = 0, loaded = -1;
   for (i64 task = begin; task < end; ++task) {
-    const i64 p0 = task * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
-    if (task + 1 < end) {  // input rows of the next task's output pixels [p1, q1)
+    const i64 pt = task / gsplit, gs = task % gsplit;
+    const i64 p0 = pt * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
+    if (task + 1 < end && (task + 1) / gsplit != pt) {  // input rows of the next chunk's pixels [p1, q1)
       const i64 q1 = imin(npix, p1 + p.pix_chunk) - 1, hw = g.Ho * g.Wo;
       tp.next(p.x, g.H, g.W, g.C, p1 / hw, (p1 % hw) / g.Wo * g.sh - g.ph, q1 / hw,
               (q1 % hw) / g.Wo * g.sh - g.ph + (g.R - 1) * g.dh);
     } else {
       tp.none();
     }
-    PixelTile px(g.Ho, g.Wo);
-    i64 ntiles = 0;
-    for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
-      m = rows_next(i0, p1);
-      px.load(i0, (int)m);
-      sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
-      const float** rows = sc.rows + ntiles * T * MR;
-      char* any = sc.any + ntiles * T;
-      for (i64 t = 0; t < T; ++t) {
-        if (!sc.tap_used[t]) continue;
-        const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
-        bool found = false;
-        for (int i = 0; i < m; ++i) {
-          const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
-          const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-          rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
-          found |= ok;
+    if (pt != loaded) {
+      loaded = pt;
+      ntiles = 0;
+      PixelTile px(g.Ho, g.Wo);
+      for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
+        m = rows_next(i0, p1);
+        px.load(i0, (int)m);
+        sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
+        const float** rows = sc.rows + ntiles * T * MR;
+        char* any = sc.any + ntiles * T;
+        for (i64 t = 0; t < T; ++t) {
+          if (!sc.tap_used[t]) continue;
+          const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
+          bool found = false;
+          for (int i = 0; i < m; ++i) {
+            const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
+            const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+            rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
+            found |= ok;
+          }
+          any[t] = found;
         }
-        any[t] = found;
       }
     }
-    sc.run(Kb, ntiles, T, bc, bk, p.y, p.stream_out, tp.pf);
+    sc.run(gs * Kb / gsplit, (gs + 1) * Kb / gsplit, ntiles, T, bc, bk, p.y, p.stream_out, tp.pf);
   }
 }
 
@@ -646,8 +655,8 @@ SK_INLINE i64 dx_max_tiles(const sk::ConvDxArgs& p) {
 
 int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
   const sk::ConvGeom& g = p.g;
-  if (g.sh == 1 && g.sw == 1) return cdiv(g.N * g.H * g.W, p.pix_chunk);
-  return cdiv(g.N * g.H * g.sw, dx_lines_per_task(p));
+  if (g.sh == 1 && g.sw == 1) return cdiv(g.N * g.H * g.W, p.pix_chunk) * p.group_split;
+  return cdiv(g.N * g.H * g.sw, dx_lines_per_task(p)) * p.group_split;
 }
 
 int64_t conv_dx_scratch(const sk::ConvDxArgs& p) {
@@ -706,14 +715,18 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
   const i64 lines_per_task = dx_lines_per_task(p);
   const i64 nlines = g.N * g.H * g.sw;
   TaskPrefetch tp;
-  for (i64 task = begin; task < end; ++task) {
-    ntiles = 0;
+  const i64 gsplit = p.group_split;
+  i64 loaded = -1;
+  for (i64 pos = begin; pos < end; ++pos) {
+    // Task `pos` = pixel group `task` x channel-block range `gs`.
+    const i64 task = pos / gsplit, gs = pos % gsplit;
+    const bool next_new = pos + 1 < end && (pos + 1) / gsplit != task;
     // dy rows the next task's input pixels receive from: output rows (ih + ph - r*dh) / sh.
     i64 n0 = -1, ih0 = 0, n1 = 0, ih1 = 0;
-    if (task + 1 < end && unit_stride) {
+    if (next_new && unit_stride) {
       const i64 q0 = (task + 1) * p.pix_chunk, q1 = imin(g.N * g.H * g.W, q0 + p.pix_chunk) - 1;
       if (q0 <= q1) n0 = q0 / (g.H * g.W), ih0 = (q0 / g.W) % g.H, n1 = q1 / (g.H * g.W), ih1 = (q1 / g.W) % g.H;
-    } else if (task + 1 < end) {
+    } else if (next_new) {
       const i64 l0 = (task + 1) * lines_per_task, l1 = imin(nlines, l0 + lines_per_task) - 1;
       if (l0 <= l1) n0 = l0 / (g.sw * g.H), ih0 = (l0 / g.sw) % g.H, n1 = l1 / (g.sw * g.H), ih1 = (l1 / g.sw) % g.H;
     }
@@ -723,7 +736,10 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
     } else {
       tp.none();
     }
-    if (unit_stride) {
+    if (task == loaded) {
+      // Row tables of this pixel group are still in the scratch.
+    } else if (unit_stride) {
+      ntiles = 0;
       const i64 p0 = task * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
       for (i64 i0 = p0, m; i0 < p1; i0 += m) {
         m = rows_next(i0, p1);
@@ -731,6 +747,7 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         add_tile((int)m, i0 * g.C, g.C);
       }
     } else {
+      ntiles = 0;
       const i64 l0 = task * lines_per_task, l1 = imin(nlines, l0 + lines_per_task);
       for (i64 line = l0; line < l1; ++line) {
         const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
@@ -742,7 +759,8 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         }
       }
     }
-    sc.run(Cb, ntiles, T, bk, bc, p.dx, p.stream_out, tp.pf);
+    loaded = task;
+    sc.run(gs * Cb / gsplit, (gs + 1) * Cb / gsplit, ntiles, T, bk, bc, p.dx, p.stream_out, tp.pf);
   }
 }
 

@@ -421,9 +421,28 @@ bool stream_output(const at::Tensor& out) {
   return out.numel() * int64_t{sizeof(float)} > limit;
 }
 
-// Conv tasks cover 48 pixels: a multiple of every register-tile height (6 and 4), and small
-// enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
+// Conv tasks cover 144 pixels: a multiple of every register-tile height (12, 6 and 4), and
+// small enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
 constexpr int64_t kPixChunk = 144;
+
+// Small problems (late layers, inference at batch 1) would give a handful of 144-pixel tasks,
+// too few to balance two threads (512 channels at 4x4, batch 64: 7 tasks of 144 pixels and
+// one of 16). They get smaller pixel chunks (down to 48) and then split the channel blocks of
+// each chunk into ranges, aiming at kMinTasks tasks. Each output element is still computed by
+// one register tile with the same reduction order, so the partition never changes a result.
+constexpr int64_t kMinTasks = 32;
+
+struct ConvSplit {
+  int64_t pix_chunk, group_split;
+};
+
+ConvSplit conv_split(int64_t npix, int64_t groups) {
+  ConvSplit s{kPixChunk, 1};
+  if (cdiv(npix, s.pix_chunk) < kMinTasks) s.pix_chunk = std::max<int64_t>(48, cdiv(cdiv(npix, kMinTasks), 12) * 12);
+  const int64_t chunks = cdiv(npix, s.pix_chunk);
+  if (chunks < kMinTasks) s.group_split = std::max<int64_t>(1, std::min(groups, cdiv(kMinTasks, chunks)));
+  return s;
+}
 
 void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta,
                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -445,7 +464,9 @@ void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::Tensor
   a.x = x.data_ptr<float>();
   a.values_t = vt.data_ptr<float>();
   a.zeros = zeros.data_ptr<float>();
-  a.pix_chunk = kPixChunk;
+  const ConvSplit split = conv_split(g.N * g.Ho * g.Wo, g.K / L.bm);
+  a.pix_chunk = split.pix_chunk;
+  a.group_split = split.group_split;
   a.y = y.data_ptr<float>();
   a.stream_out = stream_output(y);
   const Kernels& k = kernels_for(L.bm);
@@ -474,7 +495,9 @@ void conv2d_input_grad(const at::Tensor& dy_in, const at::Tensor& values, at::Te
   a.dy = dy.data_ptr<float>();
   a.values = v.data_ptr<float>();
   a.zeros = zeros.data_ptr<float>();
-  a.pix_chunk = kPixChunk;
+  const ConvSplit split = conv_split(g.N * g.H * g.W, g.C / L.bn);
+  a.pix_chunk = split.pix_chunk;
+  a.group_split = split.group_split;
   a.dx = dx.data_ptr<float>();
   a.stream_out = stream_output(dx);
   const Kernels& k = kernels_for(L.bn);
