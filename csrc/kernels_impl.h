@@ -1,8 +1,8 @@
 // Block-sparse matmul and convolution kernels, written once and compiled per instruction set.
 //
-// This file is included inside a namespace by kernels_avx2.cpp (under
-// `#pragma GCC target("avx2,fma")`) and by kernels_baseline.cpp (default target), with
-// SK_MR / SK_NV setting the register tile. It must not include headers: see kernels_api.h.
+// This file is included inside a namespace by kernels_avx512.cpp and kernels_avx2.cpp (under
+// their `#pragma GCC target`) and by kernels_baseline.cpp (default target), with SK_MR /
+// SK_NV / SK_VW setting the register tile. It must not include headers: see kernels_api.h.
 //
 // Every op reduces to one micro-kernel shape,
 //
@@ -18,9 +18,10 @@
 //     B rows are b + k * b_rs; kc is the same for all segments (the block size).
 //   * StridedSeg: A row i, element k at a + i * a_rs + k * a_cs; kc varies per segment.
 //
-// The vector type is GCC's generic vector extension: 8 floats, one AVX register under the
-// AVX2 target and two SSE registers on the baseline; `acc += b * scalar` broadcasts the
-// scalar and, with FMA enabled, becomes one vfmadd.
+// The vector type is GCC's generic vector extension of SK_VW floats: 16 (one zmm register)
+// under the AVX-512 target, 8 (one ymm register under AVX2, two SSE registers on the
+// baseline) otherwise; `acc += b * scalar` broadcasts the scalar and, with FMA enabled,
+// becomes one vfmadd.
 
 #ifndef SK_MR
 #error "define SK_MR and SK_NV before including kernels_impl.h"
@@ -121,7 +122,7 @@ struct StridedSegs {
   i64 nseg, a_rs, a_cs, b_rs;
 };
 
-// The accumulator tile of M rows and V vectors (V = 1 with `part` < 8 columns for the tail).
+// The accumulator tile of M rows and V vectors (V = 1 with `part` < VW columns for the tail).
 template <int M, int V>
 struct Tile {
   vf acc[M][V];
@@ -152,7 +153,7 @@ struct Tile {
       }
   }
 
-  // acc += A[M x kc] @ B[kc x 8V]; A row i is rows[i][k * a_cs], B row k is b + k * b_rs.
+  // acc += A[M x kc] @ B[kc x VW*V]; A row i is rows[i][k * a_cs], B row k is b + k * b_rs.
   SK_INLINE void update(const float* const* rows, i64 a_cs, const float* b, i64 b_rs, i64 kc, int part) {
     const float* r[M];
     for (int i = 0; i < M; ++i) r[i] = rows[i];
@@ -168,7 +169,7 @@ struct Tile {
   }
 };
 
-// One register tile through a list of segments. `part` == 8 for full vectors, else the
+// One register tile through a list of segments. `part` == VW for full vectors, else the
 // number of valid columns (V == 1). noinline keeps one copy per (M, V) shape, whose loops
 // the compiler unrolls around M*V accumulators living in registers.
 template <int M, int V>
@@ -197,7 +198,7 @@ __attribute__((noinline)) void tile_strided(const StridedSegs& s, i64 a_off, i64
 }
 
 // A row block of `m` <= MR rows and `n` columns: full-width tiles of NR columns, then
-// 8-column tiles, then the < 8 column tail.
+// one-vector (VW-column) tiles, then the < VW column tail.
 template <class Call>
 SK_INLINE void over_columns(int m, i64 n, Call&& call) {
   i64 col = 0;
