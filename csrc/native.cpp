@@ -428,8 +428,8 @@ constexpr int64_t kPixChunk = 144;
 // Small problems (late layers, inference at batch 1) would give a handful of 144-pixel tasks,
 // too few to balance two threads (512 channels at 4x4, batch 64: 7 tasks of 144 pixels and
 // one of 16). They get smaller pixel chunks (down to 48) and then split the channel blocks of
-// each chunk into ranges, aiming at kMinTasks tasks. Each output element is still computed by
-// one register tile with the same reduction order, so the partition never changes a result.
+// each chunk into ranges, aiming at kMinTasks tasks. The partition depends on the problem
+// shape only, never on the thread count, so results stay identical for any thread count.
 constexpr int64_t kMinTasks = 32;
 
 struct ConvSplit {
