@@ -41,6 +41,7 @@ if int(setuptools.__version__.split(".")[0]) < 77:
 SOURCES = [
     "csrc/native.cpp",
     "csrc/kernels_avx2.cpp",
+    "csrc/kernels_avx512.cpp",
     "csrc/kernels_baseline.cpp",
 ]
 

@@ -82,7 +82,9 @@ struct ConvFwdArgs {
   const float* values_t;  // [nnz, bc, bk]: blocks transposed, so output channels are contiguous
   const float* zeros;     // >= C zeros: the row read for padded input pixels
   int64_t pix_chunk;
+  int64_t group_split;    // tasks per pixel chunk, each a range of output channel blocks (1 ..= K / bk)
   float* y;               // [N, Ho, Wo, K]
+  bool stream_out;        // write y with non-temporal stores (large outputs: no read-for-ownership)
 };
 
 // dx = conv_input_grad(dy, W): DX[pixel, c]. Task = a group of input pixels x all channels
@@ -94,7 +96,9 @@ struct ConvDxArgs {
   const float* values;  // [nnz, bk, bc]
   const float* zeros;   // >= K zeros
   int64_t pix_chunk;
+  int64_t group_split;  // tasks per pixel group, each a range of input channel blocks (1 ..= C / bc)
   float* dx;            // [N, H, W, C]
+  bool stream_out;      // as ConvFwdArgs::stream_out
 };
 
 // dvalues[j] = sum over output pixels of dy[p, k-block]^T x[shifted p, c-block].
@@ -127,6 +131,7 @@ struct Kernels {
   void (*conv_dw)(const ConvDwArgs&, int64_t begin, int64_t end, void* scratch);
 };
 
+extern const Kernels kernels_avx512;    // kernels_avx512.cpp: AVX-512F, 12x32 register tiles
 extern const Kernels kernels_avx2;      // kernels_avx2.cpp: AVX2 + FMA, 6x16 register tiles
 extern const Kernels kernels_baseline;  // kernels_baseline.cpp: any x86-64 / other CPU
 

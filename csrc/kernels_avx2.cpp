@@ -7,16 +7,23 @@
 #include "kernels_api.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
 namespace sk {
 namespace avx2 {
+typedef float vf8 __attribute__((vector_size(32)));
+inline __attribute__((always_inline)) void sk_stream_store(float* p, vf8 v) { _mm256_stream_ps(p, (__m256)v); }
+inline __attribute__((always_inline)) void sk_stream_fence() { _mm_sfence(); }
+#define SK_STREAM_STORE
 #define SK_MR 6
 #define SK_NV 2
 #include "kernels_impl.h"
 #undef SK_MR
 #undef SK_NV
+#undef SK_STREAM_STORE
 }  // namespace avx2
 
 const Kernels kernels_avx2 = {

@@ -1,8 +1,8 @@
 // Block-sparse matmul and convolution kernels, written once and compiled per instruction set.
 //
-// This file is included inside a namespace by kernels_avx2.cpp (under
-// `#pragma GCC target("avx2,fma")`) and by kernels_baseline.cpp (default target), with
-// SK_MR / SK_NV setting the register tile. It must not include headers: see kernels_api.h.
+// This file is included inside a namespace by kernels_avx512.cpp and kernels_avx2.cpp (under
+// their `#pragma GCC target`) and by kernels_baseline.cpp (default target), with SK_MR /
+// SK_NV / SK_VW setting the register tile. It must not include headers: see kernels_api.h.
 //
 // Every op reduces to one micro-kernel shape,
 //
@@ -18,20 +18,25 @@
 //     B rows are b + k * b_rs; kc is the same for all segments (the block size).
 //   * StridedSeg: A row i, element k at a + i * a_rs + k * a_cs; kc varies per segment.
 //
-// The vector type is GCC's generic vector extension: 8 floats, one AVX register under the
-// AVX2 target and two SSE registers on the baseline; `acc += b * scalar` broadcasts the
-// scalar and, with FMA enabled, becomes one vfmadd.
+// The vector type is GCC's generic vector extension of SK_VW floats: 16 (one zmm register)
+// under the AVX-512 target, 8 (one ymm register under AVX2, two SSE registers on the
+// baseline) otherwise; `acc += b * scalar` broadcasts the scalar and, with FMA enabled,
+// becomes one vfmadd.
 
 #ifndef SK_MR
 #error "define SK_MR and SK_NV before including kernels_impl.h"
 #endif
+#ifndef SK_VW
+#define SK_VW 8  // floats per vector: 8 (AVX2, or two SSE registers), 16 (AVX-512)
+#endif
 
-typedef float v8 __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(4 * SK_VW)));
 typedef long long i64;
 
-constexpr int MR = SK_MR;   // rows of the register tile
-constexpr int NV = SK_NV;   // 8-float vectors per row of the register tile
-constexpr int NR = 8 * NV;  // columns of the register tile
+constexpr int VW = SK_VW;    // floats per vector
+constexpr int MR = SK_MR;    // rows of the register tile
+constexpr int NV = SK_NV;    // vectors per row of the register tile
+constexpr int NR = VW * NV;  // columns of the register tile
 
 #define SK_INLINE inline __attribute__((always_inline))
 
@@ -40,21 +45,61 @@ SK_INLINE i64 imax(i64 a, i64 b) { return a > b ? a : b; }
 SK_INLINE i64 cdiv(i64 a, i64 b) { return (a + b - 1) / b; }
 
 // Unaligned vector load/store (memcpy compiles to one vmovups); the partial versions handle
-// the last < 8 columns of an output whose width is not a multiple of 8.
-SK_INLINE v8 load8(const float* p) {
-  v8 v;
+// the last < VW columns of an output whose width is not a multiple of VW. A target with
+// masked loads (AVX-512) defines SK_MASKED_PART and sk_load_part / sk_store_part (one masked
+// instruction each) before including this file; elsewhere they are scalar loops.
+SK_INLINE vf loadv(const float* p) {
+  vf v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-SK_INLINE void store8(float* p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
-SK_INLINE v8 load_part(const float* p, int n) {
-  v8 v = {0, 0, 0, 0, 0, 0, 0, 0};
+SK_INLINE void storev(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+SK_INLINE vf zerov() { return vf{}; }
+// Non-temporal store of one aligned vector (a plain store where the target has none); a
+// kernel that streams ends with stream_fence() so the stores are visible to other threads.
+#ifdef SK_STREAM_STORE
+SK_INLINE void stream_store(float* p, vf v) { sk_stream_store(p, v); }
+SK_INLINE void stream_fence() { sk_stream_fence(); }
+#else
+SK_INLINE void stream_store(float* p, vf v) { storev(p, v); }
+SK_INLINE void stream_fence() {}
+#endif
+// Whether rows c, c + ldc, ... of full vectors can be streamed: vector-aligned.
+SK_INLINE bool stream_ok(const float* c, i64 ldc, int part) {
+  return part == VW && (reinterpret_cast<unsigned long long>(c) % sizeof(vf)) == 0 &&
+         (ldc * (i64)sizeof(float)) % (i64)sizeof(vf) == 0;
+}
+#ifdef SK_MASKED_PART
+SK_INLINE vf load_part(const float* p, int n) { return sk_load_part(p, n); }
+SK_INLINE void store_part(float* p, vf v, int n) { sk_store_part(p, v, n); }
+#else
+SK_INLINE vf load_part(const float* p, int n) {
+  vf v = zerov();
   for (int q = 0; q < n; ++q) v[q] = p[q];
   return v;
 }
-SK_INLINE void store_part(float* p, v8 v, int n) {
+SK_INLINE void store_part(float* p, vf v, int n) {
   for (int q = 0; q < n; ++q) p[q] = v[q];
 }
+#endif
+
+// Software prefetch of a memory range into L2, a few cache lines at a time: a kernel that
+// streams activations from memory spreads the lines of its next chunk over the work of the
+// current one, so the loads of the next chunk hit L2 instead of waiting on DRAM (the
+// hardware prefetchers miss the "some lines of each pixel" patterns of channel blocks).
+// Prefetches never fault; the ranges are clamped to the tensors anyway.
+struct RangePrefetch {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  SK_INLINE void reset(const float* a, const float* b) {
+    p = reinterpret_cast<const char*>(a);
+    end = reinterpret_cast<const char*>(b);
+  }
+  SK_INLINE i64 lines() const { return p < end ? (end - p + 63) / 64 : 0; }
+  SK_INLINE void step(i64 n) {
+    for (; n > 0 && p < end; --n, p += 64) __builtin_prefetch(p, 0, 2);
+  }
+};
 
 // ------------------------------------------------------------------------ micro-kernels
 
@@ -63,6 +108,7 @@ struct RowSegs {
   const float* const* a;  // [nseg][MR]
   const float* const* b;  // [nseg]
   i64 nseg, kc, a_cs, b_rs;
+  bool stream = false;  // write the output tile with non-temporal stores (see stream_ok)
 };
 
 struct StridedSeg {
@@ -76,39 +122,45 @@ struct StridedSegs {
   i64 nseg, a_rs, a_cs, b_rs;
 };
 
-// The accumulator tile of M rows and V vectors (V = 1 with `part` < 8 columns for the tail).
+// The accumulator tile of M rows and V vectors (V = 1 with `part` < VW columns for the tail).
 template <int M, int V>
 struct Tile {
-  v8 acc[M][V];
+  vf acc[M][V];
 
   SK_INLINE void start(const float* c, i64 ldc, bool accumulate, int part) {
     for (int i = 0; i < M; ++i)
       for (int v = 0; v < V; ++v) {
         if (!accumulate)
-          acc[i][v] = v8{0, 0, 0, 0, 0, 0, 0, 0};
+          acc[i][v] = zerov();
         else
-          acc[i][v] = part < 8 ? load_part(c + i * ldc, part) : load8(c + i * ldc + 8 * v);
+          acc[i][v] = part < VW ? load_part(c + i * ldc, part) : loadv(c + i * ldc + VW * v);
       }
+  }
+
+  // Non-temporal stores of full, vector-aligned rows (stream_ok checked that).
+  SK_INLINE void finish_stream(float* c, i64 ldc) const {
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) stream_store(c + i * ldc + VW * v, acc[i][v]);
   }
 
   SK_INLINE void finish(float* c, i64 ldc, int part) const {
     for (int i = 0; i < M; ++i)
       for (int v = 0; v < V; ++v) {
-        if (part < 8)
+        if (part < VW)
           store_part(c + i * ldc, acc[i][v], part);
         else
-          store8(c + i * ldc + 8 * v, acc[i][v]);
+          storev(c + i * ldc + VW * v, acc[i][v]);
       }
   }
 
-  // acc += A[M x kc] @ B[kc x 8V]; A row i is rows[i][k * a_cs], B row k is b + k * b_rs.
+  // acc += A[M x kc] @ B[kc x VW*V]; A row i is rows[i][k * a_cs], B row k is b + k * b_rs.
   SK_INLINE void update(const float* const* rows, i64 a_cs, const float* b, i64 b_rs, i64 kc, int part) {
     const float* r[M];
     for (int i = 0; i < M; ++i) r[i] = rows[i];
     i64 ka = 0;
     for (i64 k = 0; k < kc; ++k, ka += a_cs, b += b_rs) {
-      v8 bv[V];
-      for (int v = 0; v < V; ++v) bv[v] = part < 8 ? load_part(b, part) : load8(b + 8 * v);
+      vf bv[V];
+      for (int v = 0; v < V; ++v) bv[v] = part < VW ? load_part(b, part) : loadv(b + VW * v);
       for (int i = 0; i < M; ++i) {
         const float ai = r[i][ka];
         for (int v = 0; v < V; ++v) acc[i][v] += bv[v] * ai;
@@ -117,7 +169,7 @@ struct Tile {
   }
 };
 
-// One register tile through a list of segments. `part` == 8 for full vectors, else the
+// One register tile through a list of segments. `part` == VW for full vectors, else the
 // number of valid columns (V == 1). noinline keeps one copy per (M, V) shape, whose loops
 // the compiler unrolls around M*V accumulators living in registers.
 template <int M, int V>
@@ -125,7 +177,10 @@ __attribute__((noinline)) void tile_rows(const RowSegs& s, i64 b_off, float* c, 
   Tile<M, V> t;
   t.start(c, ldc, accumulate, part);
   for (i64 j = 0; j < s.nseg; ++j) t.update(s.a + j * MR, s.a_cs, s.b[j] + b_off, s.b_rs, s.kc, part);
-  t.finish(c, ldc, part);
+  if (s.stream && stream_ok(c, ldc, part))
+    t.finish_stream(c, ldc);
+  else
+    t.finish(c, ldc, part);
 }
 
 template <int M, int V>
@@ -143,13 +198,13 @@ __attribute__((noinline)) void tile_strided(const StridedSegs& s, i64 a_off, i64
 }
 
 // A row block of `m` <= MR rows and `n` columns: full-width tiles of NR columns, then
-// 8-column tiles, then the < 8 column tail.
+// one-vector (VW-column) tiles, then the < VW column tail.
 template <class Call>
 SK_INLINE void over_columns(int m, i64 n, Call&& call) {
   i64 col = 0;
-  for (; col + NR <= n; col += NR) call.template run<NV>(m, col, 8);
+  for (; col + NR <= n; col += NR) call.template run<NV>(m, col, VW);
   if (NV > 1)
-    for (; col + 8 <= n; col += 8) call.template run<1>(m, col, 8);
+    for (; col + VW <= n; col += VW) call.template run<1>(m, col, VW);
   if (col < n) call.template run<1>(m, col, (int)(n - col));
 }
 
@@ -165,6 +220,12 @@ SK_INLINE void over_columns(int m, i64 n, Call&& call) {
       case 6: if (MR >= 6) FN<(MR >= 6 ? 6 : 1), V>(__VA_ARGS__); break; \
       case 7: if (MR >= 7) FN<(MR >= 7 ? 7 : 1), V>(__VA_ARGS__); break; \
       case 8: if (MR >= 8) FN<(MR >= 8 ? 8 : 1), V>(__VA_ARGS__); break; \
+      case 9: if (MR >= 9) FN<(MR >= 9 ? 9 : 1), V>(__VA_ARGS__); break; \
+      case 10: if (MR >= 10) FN<(MR >= 10 ? 10 : 1), V>(__VA_ARGS__); break; \
+      case 11: if (MR >= 11) FN<(MR >= 11 ? 11 : 1), V>(__VA_ARGS__); break; \
+      case 12: if (MR >= 12) FN<(MR >= 12 ? 12 : 1), V>(__VA_ARGS__); break; \
+      case 13: if (MR >= 13) FN<(MR >= 13 ? 13 : 1), V>(__VA_ARGS__); break; \
+      case 14: if (MR >= 14) FN<(MR >= 14 ? 14 : 1), V>(__VA_ARGS__); break; \
     }                                                           \
   } while (0)
 
@@ -424,6 +485,24 @@ struct PixelTile {
 
 SK_INLINE i64 conv_taps(const sk::ConvGeom& g) { return g.R * g.S; }
 
+// Prefetch of the activations a task reads that the previous task of the same thread did not:
+// rows [lo, hi] (clamped to [0, rows)) of images n0 .. n1 of a [N, rows, cols, ch] tensor,
+// from the end of what was already prefetched.
+struct TaskPrefetch {
+  RangePrefetch pf;
+  const float* done = nullptr;
+  SK_INLINE void next(const float* base, i64 rows, i64 cols, i64 ch, i64 n0, i64 lo, i64 n1, i64 hi) {
+    lo = imin(rows - 1, imax(0, lo));
+    hi = imin(rows - 1, imax(0, hi));
+    const float* a = base + (n0 * rows + lo) * cols * ch;
+    const float* b = base + (n1 * rows + hi + 1) * cols * ch;
+    if (done != nullptr && a < done && done <= b) a = done;
+    pf.reset(a, b);
+    done = b;
+  }
+  SK_INLINE void none() { pf.reset(nullptr, nullptr); }
+};
+
 // Per-task scratch, carved from one buffer (pointer-aligned parts first, bytes last).
 struct ConvScratch {
   ConvSeg* seg;           // [nnz]
@@ -450,10 +529,14 @@ struct ConvScratch {
     tap_used = any + max_tiles * T;
   }
 
-  // Runs every group over every tile: group q writes channels [q*width, (q+1)*width).
-  SK_INLINE void run(i64 ngroups, i64 ntiles, i64 T, i64 kc, i64 width, float* out) const {
-    for (i64 q = 0; q < ngroups; ++q) {
+  // Runs groups [q0, q1) over every tile: group q writes channels [q*width, (q+1)*width).
+  // `pf` (the next task's activations) advances a share of its lines per tile.
+  SK_INLINE void run(i64 q0, i64 q1, i64 ntiles, i64 T, i64 kc, i64 width, float* out, bool stream,
+                     RangePrefetch& pf) const {
+    const i64 per_tile = cdiv(pf.lines(), imax(1, (q1 - q0) * ntiles));
+    for (i64 q = q0; q < q1; ++q) {
       for (i64 t = 0; t < ntiles; ++t) {
+        pf.step(per_tile);
         const ConvTile& tile = tiles[t];
         const float* const* tile_rows = rows + t * T * MR;
         const char* tile_any = any + t * T;
@@ -464,25 +547,33 @@ struct ConvScratch {
           for (int i = 0; i < tile.m; ++i) a_tab[used * MR + i] = tile_rows[g.tap * MR + i] + g.a_off;
           b_tab[used++] = g.b;
         }
-        const RowSegs segs{a_tab, b_tab, used, kc, 1, width};
+        const RowSegs segs{a_tab, b_tab, used, kc, 1, width, stream};
         gemm_rows(tile.m, width, segs, 0, out + tile.out + q * width, tile.ldc, false);
       }
     }
+    if (stream) stream_fence();
   }
 };
 
 // ---- forward
 
-SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return p.pix_chunk; }
+// Row tiles that rows_next cuts `count` pixels into: all MR high except that the last MR + 1
+// or MR + 2 may become two.
+SK_INLINE i64 max_row_tiles(i64 count) { return cdiv(count, MR) + 1; }
 
-int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) { return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk); }
+SK_INLINE i64 fwd_max_tiles(const sk::ConvFwdArgs& p) { return max_row_tiles(p.pix_chunk); }
+
+int64_t conv_fwd_tasks(const sk::ConvFwdArgs& p) {
+  return cdiv(p.g.N * p.g.Ho * p.g.Wo, p.pix_chunk) * p.group_split;
+}
 
 int64_t conv_fwd_scratch(const sk::ConvFwdArgs& p) {
   return ConvScratch::bytes(p.L.nnz, p.g.K / p.L.bm, fwd_max_tiles(p), conv_taps(p.g));
 }
 
 // Task = pix_chunk consecutive output pixels (flattened n, oh, ow; tiles cross image rows)
-// x all K output channels. Group kb = the active blocks of block-rows t*Kb + kb over taps t;
+// x one of group_split ranges of output channel blocks (consecutive tasks of one pixel chunk
+// reuse its row tables). Group kb = the active blocks of block-rows t*Kb + kb over taps t;
 // tap t of output pixel (oh, ow) reads input pixel (oh*sh - ph + r*dh, ow*sw - pw + s*dw).
 void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
@@ -506,30 +597,44 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
   }
   sc.group[Kb] = nseg;
 
+  TaskPrefetch tp;
+  const i64 gsplit = p.group_split;
+  i64 ntiles = 0, loaded = -1;
   for (i64 task = begin; task < end; ++task) {
-    const i64 p0 = task * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
-    PixelTile px(g.Ho, g.Wo);
-    i64 ntiles = 0;
-    for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
-      m = rows_next(i0, p1);
-      px.load(i0, (int)m);
-      sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
-      const float** rows = sc.rows + ntiles * T * MR;
-      char* any = sc.any + ntiles * T;
-      for (i64 t = 0; t < T; ++t) {
-        if (!sc.tap_used[t]) continue;
-        const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
-        bool found = false;
-        for (int i = 0; i < m; ++i) {
-          const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
-          const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-          rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
-          found |= ok;
+    const i64 pt = task / gsplit, gs = task % gsplit;
+    const i64 p0 = pt * p.pix_chunk, p1 = imin(npix, p0 + p.pix_chunk);
+    if (task + 1 < end && (task + 1) / gsplit != pt) {  // input rows of the next chunk's pixels [p1, q1)
+      const i64 q1 = imin(npix, p1 + p.pix_chunk) - 1, hw = g.Ho * g.Wo;
+      tp.next(p.x, g.H, g.W, g.C, p1 / hw, (p1 % hw) / g.Wo * g.sh - g.ph, q1 / hw,
+              (q1 % hw) / g.Wo * g.sh - g.ph + (g.R - 1) * g.dh);
+    } else {
+      tp.none();
+    }
+    if (pt != loaded) {
+      loaded = pt;
+      ntiles = 0;
+      PixelTile px(g.Ho, g.Wo);
+      for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
+        m = rows_next(i0, p1);
+        px.load(i0, (int)m);
+        sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
+        const float** rows = sc.rows + ntiles * T * MR;
+        char* any = sc.any + ntiles * T;
+        for (i64 t = 0; t < T; ++t) {
+          if (!sc.tap_used[t]) continue;
+          const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
+          bool found = false;
+          for (int i = 0; i < m; ++i) {
+            const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
+            const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+            rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
+            found |= ok;
+          }
+          any[t] = found;
         }
-        any[t] = found;
       }
     }
-    sc.run(Kb, ntiles, T, bc, bk, p.y);
+    sc.run(gs * Kb / gsplit, (gs + 1) * Kb / gsplit, ntiles, T, bc, bk, p.y, p.stream_out, tp.pf);
   }
 }
 
@@ -545,14 +650,14 @@ SK_INLINE i64 dx_lines_per_task(const sk::ConvDxArgs& p) {
 }
 
 SK_INLINE i64 dx_max_tiles(const sk::ConvDxArgs& p) {
-  if (p.g.sh == 1 && p.g.sw == 1) return p.pix_chunk;
-  return dx_lines_per_task(p) * cdiv(p.g.W, p.g.sw);
+  if (p.g.sh == 1 && p.g.sw == 1) return max_row_tiles(p.pix_chunk);
+  return dx_lines_per_task(p) * max_row_tiles(cdiv(p.g.W, p.g.sw));
 }
 
 int64_t conv_dx_tasks(const sk::ConvDxArgs& p) {
   const sk::ConvGeom& g = p.g;
-  if (g.sh == 1 && g.sw == 1) return cdiv(g.N * g.H * g.W, p.pix_chunk);
-  return cdiv(g.N * g.H * g.sw, dx_lines_per_task(p));
+  if (g.sh == 1 && g.sw == 1) return cdiv(g.N * g.H * g.W, p.pix_chunk) * p.group_split;
+  return cdiv(g.N * g.H * g.sw, dx_lines_per_task(p)) * p.group_split;
 }
 
 int64_t conv_dx_scratch(const sk::ConvDxArgs& p) {
@@ -609,9 +714,33 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
   };
 
   const i64 lines_per_task = dx_lines_per_task(p);
-  for (i64 task = begin; task < end; ++task) {
-    ntiles = 0;
-    if (unit_stride) {
+  const i64 nlines = g.N * g.H * g.sw;
+  TaskPrefetch tp;
+  const i64 gsplit = p.group_split;
+  i64 loaded = -1;
+  for (i64 pos = begin; pos < end; ++pos) {
+    // Task `pos` = pixel group `task` x channel-block range `gs`.
+    const i64 task = pos / gsplit, gs = pos % gsplit;
+    const bool next_new = pos + 1 < end && (pos + 1) / gsplit != task;
+    // dy rows the next task's input pixels receive from: output rows (ih + ph - r*dh) / sh.
+    i64 n0 = -1, ih0 = 0, n1 = 0, ih1 = 0;
+    if (next_new && unit_stride) {
+      const i64 q0 = (task + 1) * p.pix_chunk, q1 = imin(g.N * g.H * g.W, q0 + p.pix_chunk) - 1;
+      if (q0 <= q1) n0 = q0 / (g.H * g.W), ih0 = (q0 / g.W) % g.H, n1 = q1 / (g.H * g.W), ih1 = (q1 / g.W) % g.H;
+    } else if (next_new) {
+      const i64 l0 = (task + 1) * lines_per_task, l1 = imin(nlines, l0 + lines_per_task) - 1;
+      if (l0 <= l1) n0 = l0 / (g.sw * g.H), ih0 = (l0 / g.sw) % g.H, n1 = l1 / (g.sw * g.H), ih1 = (l1 / g.sw) % g.H;
+    }
+    if (n0 >= 0) {
+      const i64 lo = ih0 + g.ph - (g.R - 1) * g.dh, hi = ih1 + g.ph;
+      tp.next(p.dy, g.Ho, g.Wo, g.K, n0, lo < 0 ? 0 : lo / g.sh, n1, hi / g.sh);
+    } else {
+      tp.none();
+    }
+    if (task == loaded) {
+      // Row tables of this pixel group are still in the scratch.
+    } else if (unit_stride) {
+      ntiles = 0;
       const i64 p0 = task * p.pix_chunk, p1 = imin(g.N * g.H * g.W, p0 + p.pix_chunk);
       for (i64 i0 = p0, m; i0 < p1; i0 += m) {
         m = rows_next(i0, p1);
@@ -619,7 +748,8 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         add_tile((int)m, i0 * g.C, g.C);
       }
     } else {
-      const i64 l0 = task * lines_per_task, l1 = imin(g.N * g.H * g.sw, l0 + lines_per_task);
+      ntiles = 0;
+      const i64 l0 = task * lines_per_task, l1 = imin(nlines, l0 + lines_per_task);
       for (i64 line = l0; line < l1; ++line) {
         const i64 phase = line % g.sw, ih = (line / g.sw) % g.H, n = line / (g.sw * g.H);
         const i64 count = phase < g.W ? cdiv(g.W - phase, g.sw) : 0;
@@ -630,7 +760,8 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
         }
       }
     }
-    sc.run(Cb, ntiles, T, bk, bc, p.dx);
+    loaded = task;
+    sc.run(gs * Cb / gsplit, (gs + 1) * Cb / gsplit, ntiles, T, bk, bc, p.dx, p.stream_out, tp.pf);
   }
 }
 
@@ -669,11 +800,11 @@ SK_INLINE bool dw_border_has_nonfinite(const sk::ConvDwArgs& p) {
     hi = imin(hi, imax(0, imin(g.Wo, off_w >= g.W ? 0 : cdiv(g.W - off_w, g.sw))));
   }
   hi = imax(hi, lo);
-  v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  vf acc = zerov();
   float tail = 0.0f;
   auto scan = [&](const float* d, i64 n) {  // x * 0 is 0 for finite x, NaN for NaN/Inf
     i64 q = 0;
-    for (; q + 8 <= n; q += 8) acc += load8(d + q) * 0.0f;
+    for (; q + VW <= n; q += VW) acc += loadv(d + q) * 0.0f;
     for (; q < n; ++q) tail += d[q] * 0.0f;
   };
   for (i64 row = 0; row < g.N * g.Ho; ++row) {
@@ -691,7 +822,7 @@ SK_INLINE bool dw_border_has_nonfinite(const sk::ConvDwArgs& p) {
       scan(d + hi * g.K, (g.Wo - hi) * g.K);
     }
   }
-  for (int q = 0; q < 8; ++q) tail += acc[q];
+  for (int q = 0; q < VW; ++q) tail += acc[q];
   return tail != tail;
 }
 
@@ -734,9 +865,23 @@ void conv_dw(const sk::ConvDwArgs& p, int64_t begin, int64_t end, void* scratch)
   for (i64 j = begin; j < end; ++j) started[j - begin] = 0;
 
   const i64 nrows = g.N * g.Ho;
+  RangePrefetch pf_dy, pf_x;
   for (i64 row0 = 0; row0 < nrows; row0 += rows_per_chunk) {
     const i64 row1 = imin(nrows, row0 + rows_per_chunk);
+    // The next chunk's dy rows and the x rows its taps read (all channels, whole rows).
+    const i64 row2 = imin(nrows, row1 + rows_per_chunk);
+    pf_dy.reset(p.dy + row1 * g.Wo * g.K, p.dy + row2 * g.Wo * g.K);
+    if (row1 < row2) {
+      const i64 ih_lo = imin(g.H - 1, imax(0, (row1 % g.Ho) * g.sh - g.ph));
+      const i64 ih_hi = imin(g.H - 1, imax(0, ((row2 - 1) % g.Ho) * g.sh - g.ph + (g.R - 1) * g.dh));
+      pf_x.reset(p.x + ((row1 / g.Ho) * g.H + ih_lo) * g.W * g.C, p.x + (((row2 - 1) / g.Ho) * g.H + ih_hi + 1) * g.W * g.C);
+    } else {
+      pf_x.reset(p.x, p.x);
+    }
+    const i64 per_block_dy = cdiv(pf_dy.lines(), end - begin), per_block_x = cdiv(pf_x.lines(), end - begin);
     for (i64 j = begin; j < end; ++j) {
+      pf_dy.step(per_block_dy);
+      pf_x.step(per_block_x);
       const i64 brow = L.row_indices[j], t = brow / Kb, kb = brow % Kb, cb = L.col_indices[j];
       const i64 r = t / g.S, s = t % g.S;
       // Valid ow: 0 <= ow*sw - pw + s*dw < W.

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -24,6 +25,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -46,10 +48,23 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // The zmm state saved by the OS is part of what __builtin_cpu_supports checks (XCR0).
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
 const Kernels* select_default() {
-  // SPARSEKERNELS_NATIVE_ISA=baseline forces the portable kernels (for testing them).
+  // SPARSEKERNELS_NATIVE_ISA=baseline / avx2 caps the instruction set (for testing the
+  // portable kernels, or comparing).
   const char* env = std::getenv("SPARSEKERNELS_NATIVE_ISA");
   if (env != nullptr && std::strcmp(env, "baseline") == 0) return &kernels_baseline;
+  if (env != nullptr && std::strcmp(env, "avx2") == 0 && cpu_has_avx2_fma()) return &kernels_avx2;
+  if (cpu_has_avx512()) return &kernels_avx512;
   return cpu_has_avx2_fma() ? &kernels_avx2 : &kernels_baseline;
 }
 
@@ -64,6 +79,16 @@ const Kernels& kernels() {
   return *k;
 }
 
+// The table for an op whose register tiles are `width` columns wide (the output columns a
+// tile covers: a block width, or dsd's column panel). The AVX-512 tiles are two zmm vectors
+// wide; a narrower output (blocks of 16 or less) would leave one vector per row, one
+// broadcast per FMA, and measured 2x slower than the AVX2 6x16 tile (dds b16 2048x2048 at
+// 256 rows 4.3 -> 8.2 ms, conv forward b16 7.5 -> 14 ms), so such ops run the AVX2 table.
+const Kernels& kernels_for(int64_t width) {
+  const Kernels& k = kernels();
+  return (&k == &kernels_avx512 && width < 32) ? kernels_avx2 : k;
+}
+
 std::string isa() { return kernels().name; }
 
 void set_isa(const std::string& name) {
@@ -72,10 +97,13 @@ void set_isa(const std::string& name) {
   } else if (name == "avx2") {
     TORCH_CHECK_VALUE(cpu_has_avx2_fma(), "isa 'avx2' requested but this CPU lacks AVX2/FMA");
     g_kernels.store(&kernels_avx2);
+  } else if (name == "avx512") {
+    TORCH_CHECK_VALUE(cpu_has_avx512(), "isa 'avx512' requested but this CPU lacks AVX-512 (F, VL, DQ)");
+    g_kernels.store(&kernels_avx512);
   } else if (name == "auto") {
     g_kernels.store(select_default());
   } else {
-    TORCH_CHECK_VALUE(false, "isa must be 'auto', 'avx2' or 'baseline'; got '", name, "'");
+    TORCH_CHECK_VALUE(false, "isa must be 'auto', 'avx512', 'avx2' or 'baseline'; got '", name, "'");
   }
 }
 
@@ -282,7 +310,7 @@ void dsd(const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta, 
   a.panel = std::max<int64_t>(1, std::min<int64_t>(P, 64));
   a.out = out.data_ptr<float>();
   a.transpose = transpose_sparse;
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(a.panel);
   const int64_t tasks = batch * (transpose_sparse ? L.C : L.R) * cdiv(P, a.panel);
   const double work = 2.0 * L.nnz * L.bm * L.bn * P * batch;
   run_tasks(tasks, k.dsd_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.dsd(a, s, e, scr); });
@@ -315,7 +343,7 @@ void dds(const at::Tensor& a_in, const at::Tensor& values, at::TensorList layout
   d.row_chunk = 96;  // 16 tiles of 6 rows per task
   d.out = out.data_ptr<float>();
   d.transpose = transpose_sparse;
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(transpose_sparse ? L.bm : L.bn);
   if (P == 0) return;
   const int64_t tasks = (transpose_sparse ? L.R : L.C) * cdiv(P, d.row_chunk);
   const double work = 2.0 * L.nnz * L.bm * L.bn * P;
@@ -345,7 +373,7 @@ void sdd(const at::Tensor& a_in, const at::Tensor& b_in, at::TensorList layout, 
   s.b_cs = b_in.stride(1);
   s.K = a_in.size(1);
   s.out = out.data_ptr<float>();
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bn);
   const double work = 2.0 * L.nnz * L.bm * L.bn * s.K;
   run_tasks(L.nnz, k.sdd_scratch(s), work, [&](int64_t b0, int64_t e, void* scr) { k.sdd(s, b0, e, scr); });
 }
@@ -376,9 +404,45 @@ ConvGeom conv_geom(const Layout& L, int64_t N, int64_t C, int64_t H, int64_t W, 
 
 constexpr auto kNHWC = at::MemoryFormat::ChannelsLast;
 
-// Conv tasks cover 48 pixels: a multiple of every register-tile height (6 and 4), and small
-// enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
+// Whether the forward / input-gradient kernels write `out` with non-temporal stores. Both
+// write each output element exactly once, so an output that cannot stay in the core's L2
+// anyway is streamed to memory instead of first being read for ownership: measured on the
+// ResNet-18 step (1 thread, batch 64, b32), conv forward 131 -> 104 ms and input gradient 142
+// -> 107 ms per step, the following BatchNorm no slower. Small outputs (inference at batch
+// 1, late layers) stay in cache for the next op. SPARSEKERNELS_NATIVE_STREAM=0/1 forces it.
+bool stream_output(const at::Tensor& out) {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("SPARSEKERNELS_NATIVE_STREAM");
+    if (env != nullptr && env[0] == '0') return std::numeric_limits<int64_t>::max();
+    if (env != nullptr && env[0] == '1') return int64_t{0};
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? int64_t{l2} : int64_t{1} << 20;
+  }();
+  return out.numel() * int64_t{sizeof(float)} > limit;
+}
+
+// Conv tasks cover 144 pixels: a multiple of every register-tile height (12, 6 and 4), and
+// small enough that a 32x32 image batch of 32 still gives hundreds of tasks per channel block.
 constexpr int64_t kPixChunk = 144;
+
+// Small problems (late layers, inference at batch 1) would give a handful of 144-pixel tasks,
+// too few to balance two threads (512 channels at 4x4, batch 64: 7 tasks of 144 pixels and
+// one of 16). They get smaller pixel chunks (down to 48) and then split the channel blocks of
+// each chunk into ranges, aiming at kMinTasks tasks. The partition depends on the problem
+// shape only, never on the thread count, so results stay identical for any thread count.
+constexpr int64_t kMinTasks = 32;
+
+struct ConvSplit {
+  int64_t pix_chunk, group_split;
+};
+
+ConvSplit conv_split(int64_t npix, int64_t groups) {
+  ConvSplit s{kPixChunk, 1};
+  if (cdiv(npix, s.pix_chunk) < kMinTasks) s.pix_chunk = std::max<int64_t>(48, cdiv(cdiv(npix, kMinTasks), 12) * 12);
+  const int64_t chunks = cdiv(npix, s.pix_chunk);
+  if (chunks < kMinTasks) s.group_split = std::max<int64_t>(1, std::min(groups, cdiv(kMinTasks, chunks)));
+  return s;
+}
 
 void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta,
                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -400,9 +464,12 @@ void conv2d_forward(const at::Tensor& x_in, const at::Tensor& values, at::Tensor
   a.x = x.data_ptr<float>();
   a.values_t = vt.data_ptr<float>();
   a.zeros = zeros.data_ptr<float>();
-  a.pix_chunk = kPixChunk;
+  const ConvSplit split = conv_split(g.N * g.Ho * g.Wo, g.K / L.bm);
+  a.pix_chunk = split.pix_chunk;
+  a.group_split = split.group_split;
   a.y = y.data_ptr<float>();
-  const Kernels& k = kernels();
+  a.stream_out = stream_output(y);
+  const Kernels& k = kernels_for(L.bm);
   const int64_t tasks = k.conv_fwd_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_fwd_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_fwd(a, s, e, scr); });
@@ -428,9 +495,12 @@ void conv2d_input_grad(const at::Tensor& dy_in, const at::Tensor& values, at::Te
   a.dy = dy.data_ptr<float>();
   a.values = v.data_ptr<float>();
   a.zeros = zeros.data_ptr<float>();
-  a.pix_chunk = kPixChunk;
+  const ConvSplit split = conv_split(g.N * g.H * g.W, g.C / L.bn);
+  a.pix_chunk = split.pix_chunk;
+  a.group_split = split.group_split;
   a.dx = dx.data_ptr<float>();
-  const Kernels& k = kernels();
+  a.stream_out = stream_output(dx);
+  const Kernels& k = kernels_for(L.bn);
   const int64_t tasks = k.conv_dx_tasks(a);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   run_tasks(tasks, k.conv_dx_scratch(a), work, [&](int64_t s, int64_t e, void* scr) { k.conv_dx(a, s, e, scr); });
@@ -456,7 +526,7 @@ void conv2d_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, at::Ten
   a.x = x.data_ptr<float>();
   a.dy = dy.data_ptr<float>();
   a.out = out.data_ptr<float>();
-  const Kernels& k = kernels();
+  const Kernels& k = kernels_for(L.bn);
   const double work = 2.0 * L.nnz * L.bm * L.bn * g.N * g.Ho * g.Wo;
   // One contiguous range of blocks per thread: the kernel streams the activations once per
   // range, so the fewer ranges the less memory traffic (blocks cost about the same).

@@ -25,6 +25,7 @@ from sparsekernels.ops._alloc import set_poison_outputs
 from tests.helpers import assert_close, random_block_mask
 
 F64 = torch.float64
+ISAS = ("avx512", "avx2", "baseline")  # the kernel tables of csrc/, widest first
 needs_native = pytest.mark.skipif(not native_available(), reason="native extension not built")
 
 
@@ -96,7 +97,7 @@ def test_native_available_semantics(cpu):
     assert flag is sparsekernels.native_available() is nb.available()
     if flag:
         assert backends.resolve("auto", cpu) == "native"
-        assert nb.isa() in ("avx2", "baseline")
+        assert nb.isa() in ISAS
     else:
         assert backends.resolve("auto", cpu) == "reference"
         with pytest.raises(RuntimeError, match="not available"):
@@ -270,12 +271,27 @@ def test_threads_give_identical_results(cpu, threads):
 
 
 @needs_native
+def test_large_outputs_streamed(cpu, threads):
+    """Forward and input-gradient outputs of 8 MB (beyond any per-core L2: written with
+    non-temporal stores), and the weight gradient of the same problem: against float64, and
+    bitwise equal with 1 and 2 threads. Block density 0.5 of a 64-channel 3x3 layer."""
+    layout, values, x = _conv_problem(batch=32, channels=(64, 64), size=(32, 32), block=32, density=0.5)
+    for name, (fn, args) in _every_conv(layout, values, x, stride=1).items():
+        torch.set_num_threads(1)
+        first = fn(*args)
+        torch.set_num_threads(2)
+        assert torch.equal(first, fn(*args)), name
+        expected = getattr(ref, name)(*(t.to(F64) if isinstance(t, torch.Tensor) else t for t in args))
+        assert_close(first, expected)
+
+
+@needs_native
 def test_build_has_parallel_backend(cpu, threads):
     """A build check, not a timing: the extension was compiled with torch's parallel backend,
     binds to the OpenMP runtime torch loaded, follows torch.set_num_threads, and one parallel
     region really runs on that many threads. A serial build (no -fopenmp) fails here."""
     info = sparsekernels.native_info()
-    assert info["available"] and info["isa"] in ("avx2", "baseline")
+    assert info["available"] and info["isa"] in ISAS
     if not torch._C.has_openmp:
         pytest.skip("this torch was built without OpenMP: the extension is serial by design")
     assert info["parallel_backend"] == "openmp", info
@@ -291,17 +307,43 @@ def test_build_has_parallel_backend(cpu, threads):
         assert info["threads_used"] == n, f"{n} threads requested, the parallel region ran on {info['threads_used']}"
 
 
-@needs_native
-def test_portable_kernels_match(cpu):
-    """The baseline (non-AVX2) kernels, forced at run time, agree with the reference."""
-    native = torch.ops.sparsekernels_native
-    layout = _layout((96, 64), (16, 32), 0.5)
-    values = torch.randn(layout.values_shape())
-    cl, cv, x = _conv_problem()
-    cases = {**_every_op(layout, values), **_every_conv(cl, cv, x)}
-    native.set_isa("baseline")
+def _supported_isas() -> list[str]:
+    """The instruction sets this CPU can run (set_isa refuses the others)."""
+    if not native_available():
+        return []
+    nb.isa()  # loads the extension
+    native, found = torch.ops.sparsekernels_native, []
     try:
-        assert nb.isa() == "baseline"
+        for name in ISAS:
+            try:
+                native.set_isa(name)
+                found.append(name)
+            except ValueError:
+                pass
+    finally:
+        native.set_isa("auto")
+    return found
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("block", [(16, 32), (8, 8), (24, 40)])
+def test_every_isa_matches(isa, block, cpu):
+    """Each kernel table the CPU supports (the default picks the widest), forced at run time,
+    agrees with float64 on every op. Blocks of 8 and 24/40 columns leave partial vectors (masked
+    loads/stores in the AVX-512 tables, scalar tails elsewhere); P = 40 and K = 70 too."""
+    if isa not in _supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    native = torch.ops.sparsekernels_native
+    layout = _layout((6 * block[0], 4 * block[1]), block, 0.5)
+    values = torch.randn(layout.values_shape())
+    cb = block[1]
+    cl, cv, x = _conv_problem(channels=(2 * cb, 2 * cb), block=cb, density=0.5)
+    cases = {**_every_op(layout, values), **_every_conv(cl, cv, x)}
+    cases.update({f"{k}_s1": c for k, c in _every_conv(cl, cv, x, stride=1).items()})
+    native.set_isa(isa)
+    try:
+        assert nb.isa() == isa
         for fn, args in cases.values():
             expected = getattr(ref, fn.__name__)(*(t.to(F64) if isinstance(t, torch.Tensor) else t for t in args))
             assert_close(fn(*args), expected)
