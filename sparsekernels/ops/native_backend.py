@@ -78,14 +78,16 @@ def _ops():
 
 
 def isa() -> str:
-    """The instruction set the kernels run with: ``"avx2"`` (AVX2 + FMA) or ``"baseline"``."""
+    """The instruction set the kernels run with: ``"avx512"`` (AVX-512 F/VL/DQ; ops on blocks
+    narrower than 32 columns still run the AVX2 kernels), ``"avx2"`` (AVX2 + FMA) or
+    ``"baseline"``. ``SPARSEKERNELS_NATIVE_ISA=avx2|baseline`` caps the default."""
     return _ops().isa()
 
 
 def native_info() -> dict[str, object]:
     """How the native extension was built and what it runs with now.
 
-    Keys: ``available`` (bool); when available also ``isa`` (``"avx2"``/``"baseline"``),
+    Keys: ``available`` (bool); when available also ``isa`` (``"avx512"``/``"avx2"``/``"baseline"``),
     ``parallel_backend`` (``"openmp"``, or ``"none"`` for a serial build), ``openmp_version``,
     ``openmp_runtime`` (the shared library our OpenMP calls bind to: torch's own),
     ``compiler``, ``threads`` (``torch.get_num_threads()`` as the kernels see it) and
