@@ -50,3 +50,22 @@ def fma_dot_k(dtype: torch.dtype, precision: str, block_k: int) -> int:
     """K width of each ``tl.dot`` of a kernel whose block products have K extent ``block_k``:
     ``block_k`` itself, or :data:`FMA_DOT_K` for fp32 operands without TF32 (the FMA dot)."""
     return min(block_k, FMA_DOT_K) if dtype == torch.float32 and precision == "ieee" else block_k
+
+
+def fallback_config(configs, registers, smem_bytes, limit: int, min_stages: int = 2):
+    """For an ``early_config_prune`` whose every config overflows: the config with the fewest
+    accumulator registers per thread (``registers(config)``) among those that fit shared memory
+    (``smem_bytes(config) <= limit``); if none does, that config with ``num_stages`` lowered
+    until it fits (not below ``min_stages``, which keeps one load in flight while the previous
+    tile is consumed). A config that cannot launch is never returned while one can be made."""
+    import triton
+
+    fitting = [c for c in configs if smem_bytes(c) <= limit]
+    if fitting:
+        return min(fitting, key=registers)
+    for c in sorted(configs, key=registers):
+        for stages in range(c.num_stages - 1, min_stages - 1, -1):
+            lowered = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages, pre_hook=c.pre_hook)
+            if smem_bytes(lowered) <= limit:
+                return lowered
+    return min(configs, key=registers)

@@ -320,3 +320,22 @@ def test_layout_is_read_tap_major(device):
         ops.conv2d(x, values, layout, 3, 1, 1, backend="triton"), F.conv2d(x.to(F64), weight.to(F64), None, 1, 1)
     )
     assert_close(ref.conv2d(x, values, layout, 3, 1, 1), F.conv2d(x.to(F64), weight.to(F64), None, 1, 1))
+
+
+@pytest.mark.parametrize("kernel", ["forward", "input_grad", "weight_grad"])
+def test_gpu_prune_keeps_a_config_that_fits_shared_memory(kernel):
+    """fp32 at block 128 fits no listed config at its listed stages (sm_90 compile: 256-288 KB):
+    the prune lowers the stages of its fallback instead of keeping one that cannot launch."""
+    import importlib
+
+    module = importlib.import_module(f"sparsekernels.ops.conv.{kernel}")
+    t = torch.empty(0, dtype=torch.float32)
+    args = {"x": t, "dy": t, "N": 256, "H": 16, "W": 16, "Ho": 16, "Wo": 16}
+    kept = module._prune(module._GPU_CONFIGS, args, BLOCK_K=128, BLOCK_C=128)
+    for c in kept:
+        if kernel == "weight_grad":
+            rows = module._group(c.kwargs["TILE_M"], 128) * 128
+            smem = c.num_stages * c.kwargs["BLOCK_P"] * (rows + 128) * 4
+        else:
+            smem = c.num_stages * (c.kwargs["BLOCK_P"] * 128 + 128 * 128) * 4
+        assert smem <= module._SMEM_BYTES and c.num_stages >= 2, (c, smem)

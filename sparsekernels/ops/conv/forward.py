@@ -38,7 +38,7 @@ import triton.language as tl
 
 from sparsekernels.layout import BlockLayout
 from sparsekernels.ops._alloc import new_output
-from sparsekernels.ops._triton_utils import dot_precision, fma_dot_k, upcast_dot_operands
+from sparsekernels.ops._triton_utils import dot_precision, fallback_config, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # 64-256-pixel tiles: M = BLOCK_P per warpgroup >= 64; accumulator [BLOCK_P, bk] fp32 in
@@ -74,14 +74,18 @@ def _prune(configs, named_args, **kwargs):
     def registers(c):
         return c.kwargs["BLOCK_P"] * bk // (32 * c.num_warps)  # fp32 accumulator registers per thread
 
+    def smem(c):
+        return c.num_stages * (c.kwargs["BLOCK_P"] * bc + bk * bc) * size
+
     def fits(c):
         # 16-bit dots over blocks of 16 channels: 4 warps only (sm_90 compiles, measured: with
         # 8 warps the main loop kept a single load in flight).
         if size == 2 and bk <= 16 and c.num_warps > 4:
             return False
-        return registers(c) <= limit and c.num_stages * (c.kwargs["BLOCK_P"] * bc + bk * bc) * size <= _SMEM_BYTES
+        return registers(c) <= limit and smem(c) <= _SMEM_BYTES
 
-    kept = [c for c in configs if fits(c)] or [min(configs, key=registers)]
+    # fp32 at block 128 fits no listed config (sm_90: 288 KB of shared memory at 3 stages).
+    kept = [c for c in configs if fits(c)] or [fallback_config(configs, registers, smem, _SMEM_BYTES)]
     if named_args["N"] * named_args["Ho"] * named_args["Wo"] < _TUNE_MIN_PIXELS:
         return kept[:1]
     return kept

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from sparsekernels.ops._alloc import new_output
-from sparsekernels.ops._triton_utils import dot_precision, fma_dot_k, upcast_dot_operands
+from sparsekernels.ops._triton_utils import dot_precision, fallback_config, fma_dot_k, upcast_dot_operands
 from sparsekernels.ops.backends import interpreter_enabled
 
 # TILE_M: rows of the program tile (G = TILE_M // bc blocks); BLOCK_P: pixels per step (the
@@ -91,8 +91,8 @@ def _prune(configs, named_args, **kwargs):
         return c.num_stages * c.kwargs["BLOCK_P"] * (rows(c) + bk) * size
 
     kept = [c for c in configs if registers(c) <= limit and smem(c) <= _SMEM_BYTES]
-    if not kept:
-        kept = [min([c for c in configs if smem(c) <= _SMEM_BYTES] or configs, key=registers)]
+    if not kept:  # fp32 at block 128: 256 KB at 4 stages (sm_90 compile); fewer stages fit
+        kept = [fallback_config(configs, registers, smem, _SMEM_BYTES)]
     if named_args["N"] * named_args["Ho"] * named_args["Wo"] < _TUNE_MIN_PIXELS:
         return kept[:1]
     return kept
