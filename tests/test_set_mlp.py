@@ -390,12 +390,17 @@ def test_cli_static_er_mask_stays_fixed_and_dense_mlp_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the queue runner
-def _load_queue():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "run_queue.py"
-    spec = importlib.util.spec_from_file_location("run_queue", path)
+def _load_science_script(name: str):
+    """``benchmarks/science/<name>.py`` as a module (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_queue():
+    return _load_science_script("run_queue")
 
 
 def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
@@ -461,11 +466,7 @@ def test_queue_refuses_a_second_instance_and_writes_its_pid(tmp_path):
 
 
 def _load_summarize():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "science" / "summarize.py"
-    spec = importlib.util.spec_from_file_location("summarize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_science_script("summarize")
 
 
 def _fake_record(accs: list[float], total_epochs: int, churn: list[float] | None = None) -> dict:
