@@ -208,6 +208,14 @@ def _add_set_arguments(p: argparse.ArgumentParser) -> None:
         "train_eval_acc and the generalisation gap train_eval_acc - test_acc (0: off)",
     )
     g.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="evaluate (test set and --eval-train) every N epochs, and always after the last epoch and at a "
+        "--stop-at-epoch pause; epochs in between have no test_acc in the record (for long runs on a "
+        "--train-fraction subset, where evaluation would cost more than training)",
+    )
+    g.add_argument(
         "--nesterov",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -308,6 +316,7 @@ def _set_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
         ),
         (0.0 < args.train_fraction <= 1.0, f"--train-fraction must be in (0, 1]; got {args.train_fraction}"),
         (args.eval_train >= 0, f"--eval-train must be >= 0; got {args.eval_train}"),
+        (args.eval_every >= 1, f"--eval-every must be >= 1 (epochs); got {args.eval_every}"),
         (
             args.stop_at_epoch is None or args.stop_at_epoch >= 1,
             f"--stop-at-epoch must be >= 1; got {args.stop_at_epoch}",
@@ -783,21 +792,24 @@ def run(
     for epoch in range(start_epoch, end_epoch):
         bar = ProgressBar(trainer.steps_per_epoch, prefix=f"epoch {epoch + 1}/{trainer.num_epochs}")
         stats = trainer.train_epoch(epoch, bar)
-        stats.update(trainer.evaluate())
-        if trainer.probe_loader is not None:
-            stats.update(trainer.evaluate(trainer.probe_loader, prefix="train_eval"))
-            stats["generalization_gap"] = stats["train_eval_acc"] - stats["test_acc"]
+        finished = trainer.step >= trainer.total_steps
+        paused = epoch + 1 == end_epoch and not finished
+        evaluate = (epoch + 1) % args.eval_every == 0 or finished or epoch + 1 == end_epoch
+        if evaluate:
+            stats.update(trainer.evaluate())
+            if trainer.probe_loader is not None:
+                stats.update(trainer.evaluate(trainer.probe_loader, prefix="train_eval"))
+                stats["generalization_gap"] = stats["train_eval_acc"] - stats["test_acc"]
         wall_clock += stats["epoch_seconds"]
         stats = {"epoch": epoch + 1, **stats, "wall_clock": wall_clock}
         record["epochs"].append(stats)
+        test = f"test acc {100 * stats['test_acc']:5.2f}%" if evaluate else "(not evaluated)"
         print(
             f"epoch {epoch + 1:3d}/{trainer.num_epochs}  train loss {stats['train_loss']:.4f}  "
-            f"train acc {100 * stats['train_acc']:5.2f}%  test acc {100 * stats['test_acc']:5.2f}%  "
+            f"train acc {100 * stats['train_acc']:5.2f}%  {test}  "
             f"{stats['epoch_seconds']:7.1f} s  {stats['images_per_second']:7.0f} img/s",
             flush=True,
         )
-        finished = trainer.step >= trainer.total_steps
-        paused = epoch + 1 == end_epoch and not finished
         if args.checkpoint_every and ((epoch + 1) % args.checkpoint_every == 0 or finished or paused):
             save(epoch + 1, finished)
         if paused:
@@ -818,6 +830,7 @@ def _finish(record: dict[str, Any], trainer: Trainer, final: bool) -> dict[str, 
     """The record with the end-of-run fields (history, summary numbers and, when ``final``,
     parameters and FLOPs of the trained model, which cost a forward pass)."""
     epochs = record["epochs"]
+    evaluated = [e for e in epochs if "test_acc" in e]  # --eval-every > 1 skips some
     # Throughput of steady epochs: the first one pays for warm-up (compilation, autotuning).
     steady = epochs[1:] if len(epochs) > 1 else epochs
     history = getattr(trainer.engine, "history", None) if trainer.engine is not None else None
@@ -825,8 +838,8 @@ def _finish(record: dict[str, Any], trainer: Trainer, final: bool) -> dict[str, 
         **record,
         "steps_done": trainer.step,
         "structure_history": to_jsonable(history) if history is not None else None,
-        "final_test_acc": epochs[-1]["test_acc"] if epochs else None,
-        "best_test_acc": max((e["test_acc"] for e in epochs), default=None),
+        "final_test_acc": evaluated[-1]["test_acc"] if evaluated else None,
+        "best_test_acc": max((e["test_acc"] for e in evaluated), default=None),
         "train_seconds": sum(e["epoch_seconds"] for e in epochs),
         "steady_images_per_second": (
             sum(e["steps"] for e in steady) * trainer.args.batch_size / sum(e["epoch_seconds"] for e in steady)

@@ -347,6 +347,33 @@ def test_cli_set_run_updates_once_per_epoch_after_evaluation(tmp_path):
     assert opt_groups[0]["nesterov"] is False and opt_groups[0]["weight_decay"] == 0
 
 
+def test_cli_eval_every_skips_evaluations_without_changing_training(tmp_path):
+    """--eval-every 2: epochs 2 and 4 evaluated, 1 and 3 not, the pause at 3 and the last epoch
+    (5) always; the weights and the evaluated accuracies equal those of a run that evaluates
+    every epoch (evaluation consumes no randomness of training)."""
+    argv = [*SMALL, *SET_UPDATES, "--epochs", "5", "--eval-train", "100", "--checkpoint-every", "1"]
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    assert train.main([*argv, "--out", str(every)]) == 0
+    assert train.main([*argv, "--out", str(sparse), "--eval-every", "2", "--stop-at-epoch", "3"]) == 0
+    resume = ["--resume", str(sparse / "checkpoint-epoch003.pt")]
+    assert train.main([*argv, "--out", str(sparse), "--eval-every", "2", *resume]) == 0
+    a, b = read_record(every), read_record(sparse)
+    assert [e["epoch"] for e in b["epochs"] if "test_acc" in e] == [2, 3, 4, 5]
+    assert all("generalization_gap" not in e and "train_eval_acc" not in e for e in b["epochs"] if e["epoch"] == 1)
+    for ea, eb in zip(a["epochs"], b["epochs"]):
+        assert ea["train_loss"] == eb["train_loss"]
+        if "test_acc" in eb:
+            assert ea["test_acc"] == eb["test_acc"] and ea["train_eval_acc"] == eb["train_eval_acc"]
+    assert a["structure_history"] == b["structure_history"]
+    assert b["final_test_acc"] == a["final_test_acc"]
+    assert b["best_test_acc"] == max(e["test_acc"] for e in b["epochs"] if "test_acc" in e)
+    ma = load_checkpoint(every / "checkpoint-epoch005.pt")["trainer"]["model"]
+    mb = load_checkpoint(sparse / "checkpoint-epoch005.pt")["trainer"]["model"]
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    with pytest.raises(SystemExit):
+        train.parse_args([*argv, "--eval-every", "0"])
+
+
 def test_cli_paused_and_resumed_run_is_bit_identical(tmp_path):
     argv = [*SMALL, *SET_UPDATES, "--epochs", "3", "--eval-train", "100", "--checkpoint-every", "1"]
     argv += ["--train-fraction", "0.5"]
@@ -421,8 +448,11 @@ def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
             assert args.distribution == "er" and args.er_epsilon == 20 and args.density < 0.02
             assert args.block_size in (1, 4, 8, 16, 32)
             assert (args.block_size in (16, 32)) == (args.hidden == "4096,1024,4096")
-        if "-f0." in name:  # as many optimizer steps as 100 full-data epochs
+        if "-f0." in name:  # as many optimizer steps as 100 full-data epochs, evaluations as often
             assert args.epochs * args.train_fraction == pytest.approx(100)
+            assert args.eval_every * args.train_fraction == pytest.approx(1)
+        else:
+            assert args.eval_every == 1
     run = tmp_path / "runs" / "x"
     run.mkdir(parents=True)
     for e in (1, 2, 3, 10):
@@ -451,18 +481,42 @@ def test_queue_log_writes_runs_md_and_copies_records(tmp_path):
     assert "--er-epsilon 20" in text and json.loads((results / "set-b8-s0" / "record.json").read_text())
 
 
-def test_queue_refuses_a_second_instance_and_writes_its_pid(tmp_path):
-    import fcntl
+def test_queue_skips_a_run_another_queue_holds_and_takes_it_when_free(tmp_path, monkeypatch):
+    """Two queues share the plan: a run locked by one is never trained by the other; the other
+    trains what is free, waits, and takes the skipped entry once the lock is released."""
+    import threading
 
     q = _load_queue()
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    with open(runs / "queue.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        pid_file = tmp_path / "pid"
-        argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")]
-        assert q.main([*argv, "--pid-file", str(pid_file)]) == 1
-        assert not pid_file.exists()
+    monkeypatch.setattr(q, "COMMON", [*SMALL, "--checkpoint-every", "1"])
+    monkeypatch.setattr(q, "POLL_SECONDS", 0.2)
+    monkeypatch.setattr(q, "wait_for_data", lambda data_dir: None)  # synthetic data
+    for name in ("held-s0", "free-s0"):
+        monkeypatch.setitem(q.RUNS, name, {"args": SET_UPDATES, "epochs": 1})
+    monkeypatch.setattr(q, "PLAN", [("held-s0", 1), ("free-s0", 1)])
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    log = q.Log(runs, tmp_path, results, q.PLAN)
+    other = q.RunLock(runs, "held-s0")
+    assert other.acquire() and q.is_running(runs, "held-s0") and not q.is_running(runs, "free-s0")
+    assert q.run_entry("held-s0", 1, log, runs, tmp_path) is None  # held: not trained
+    assert q.epochs_done(runs / "held-s0") == 0
+    log.refresh()
+    assert "| held-s0 | running | 0 / 1 (plan: 1) |" in (results / "RUNS.md").read_text()
+
+    def release_when_free_is_done():
+        while q.epochs_done(runs / "free-s0") < 1:
+            threading.Event().wait(0.05)
+        other.release()
+
+    releaser = threading.Thread(target=release_when_free_is_done)
+    releaser.start()
+    pid_file = tmp_path / "pid"
+    argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(results)]
+    assert q.main([*argv, "--pid-file", str(pid_file)]) == 0
+    releaser.join()
+    assert pid_file.read_text().strip().isdigit()
+    assert q.epochs_done(runs / "free-s0") == 1 and q.epochs_done(runs / "held-s0") == 1
+    assert not q.is_running(runs, "held-s0")
+    assert "| held-s0 | done | 1 / 1 (plan: 1) |" in (results / "RUNS.md").read_text()
 
 
 def _load_summarize():
@@ -487,7 +541,11 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
         "evolutionary-b8-s0": _fake_record([0.2] * 3, 200, churn=[0.3, 0.02, 0.005]),
         "dense-s0": _fake_record([0.5, 0.55], 200),
         "set-b8-f0.1-s0": _fake_record([0.3], 1000),
+        "dense-f0.25-s0": _fake_record([0.1, 0.2, 0.25, 0.35, 0.3], 400),
     }
+    for e in records["dense-f0.25-s0"]["epochs"][:3]:  # --eval-every 4: epochs 1-3 not evaluated
+        for key in ("test_acc", "train_eval_acc", "generalization_gap"):
+            del e[key]
     for name, r in records.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "record.json").write_text(json.dumps(r))
@@ -499,6 +557,7 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     assert "| evolutionary-b8-s0 | 3 | 0.300 | 0.005 | 3 | " in text  # churn < 1 % from the update after epoch 3
     assert "| set-b8-s0 | epoch 12 (0.03 CPU h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
     assert "set-b8-f0.1-s0 | 1/1000 partial | 30.00 |" in text
+    assert "dense-f0.25-s0 | 5/400 partial | 30.00 | 35.00 |" in text  # last evaluated, best evaluated
     for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert s.settled_epoch([(1, 0.3), (2, 0.005), (3, 0.02)]) is None

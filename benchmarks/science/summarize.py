@@ -63,8 +63,22 @@ def reference_kind(config: str) -> str | None:
     return None
 
 
+def evaluated(record: dict) -> list[dict]:
+    """The epochs that have a test accuracy (``--eval-every N`` evaluates every N-th only)."""
+    return [e for e in record["epochs"] if e.get("test_acc") is not None]
+
+
+def last_evaluated(record: dict) -> dict | None:
+    found = evaluated(record)
+    return found[-1] if found else None
+
+
+def best_acc(record: dict) -> float | None:
+    return max((100 * e["test_acc"] for e in evaluated(record)), default=None)
+
+
 def acc_at(record: dict, epoch: int) -> float | None:
-    for e in record["epochs"]:
+    for e in evaluated(record):
         if e["epoch"] == epoch:
             return 100 * e["test_acc"]
     return None
@@ -72,7 +86,7 @@ def acc_at(record: dict, epoch: int) -> float | None:
 
 def first_reaching(record: dict, threshold: float) -> tuple[int, float] | None:
     """(epoch, training wall-clock s) of the first epoch whose test accuracy is >= threshold %."""
-    for e in record["epochs"]:
+    for e in evaluated(record):
         if 100 * e["test_acc"] >= threshold:
             return e["epoch"], e["wall_clock"]
     return None
@@ -164,7 +178,7 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
         pub = "/".join(f"{v:.1f}" for v in PUBLISHED[kind][:4]) if kind else "-"
         spe, cpu = seconds_per_epoch(r), seconds_per_epoch(r, "epoch_cpu_seconds")
         speed = f"{statistics.mean(dense_spe) / cpu:.1f}×" if cpu and dense_spe else "-"
-        best = max((100 * e["test_acc"] for e in r["epochs"]), default=None)
+        best = best_acc(r)
         rows.append([name, status(r), *[fmt(acc_at(r, e), 2) for e in TABLE_EPOCHS], pub, fmt(best, 2), fmt(spe),
                      fmt(cpu), speed])  # fmt: skip
     lines += table(header, rows)
@@ -237,8 +251,8 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
     lines += ["", "## Fewer training samples (--train-fraction; epochs × fraction = 100 full-data epochs)", ""]
     rows = []
     for name, r in sorted(fractional.items()):
-        last = r["epochs"][-1] if r["epochs"] else None
-        best = max((100 * e["test_acc"] for e in r["epochs"]), default=None)
+        last = last_evaluated(r)
+        best = best_acc(r)
         gap = last.get("generalization_gap") if last else None
         rows.append([name, status(r), fmt(100 * last["test_acc"], 2) if last else "-", fmt(best, 2),
                      fmt(100 * gap, 2) if gap is not None else "-"])  # fmt: skip
@@ -255,7 +269,7 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
     ]
     rows = []
     for name, r in sorted(full.items()):
-        last = r["epochs"][-1] if r["epochs"] else None
+        last = last_evaluated(r)
         if last and last.get("generalization_gap") is not None:
             rows.append([name, str(last["epoch"]), fmt(100 * last["train_eval_acc"], 2), fmt(100 * last["test_acc"], 2),
                          fmt(100 * last["generalization_gap"], 2)])  # fmt: skip
@@ -288,8 +302,8 @@ def comparison_markdown(comparisons: dict[str, dict[str, dict]]) -> list[str]:
             cpu = seconds_per_epoch(r, "epoch_cpu_seconds")
             rows.append([
                 sub, f"{len(epochs)}/{r['config']['epochs']}", f"{r['config']['density']:g}",
-                fmt(100 * epochs[-1]["test_acc"], 2) if epochs else "-",
-                fmt(max((100 * e["test_acc"] for e in epochs), default=None), 2),
+                fmt(100 * last_evaluated(r)["test_acc"], 2) if evaluated(r) else "-",
+                fmt(best_acc(r), 2),
                 fmt(seconds_per_epoch(r)), fmt(cpu),
                 f"{dense_cpu / cpu:.2f}×" if dense_cpu and cpu else "-",
             ])  # fmt: skip
@@ -316,7 +330,8 @@ def plot_accuracy_vs_epoch(records: dict[str, dict], path: Path) -> None:
     for name, r in sorted(records.items()):
         if parse_name(name)[1] < 1.0 or not r["epochs"]:
             continue
-        ax.plot([e["epoch"] for e in r["epochs"]], [100 * e["test_acc"] for e in r["epochs"]], label=name, lw=1.2)
+        points = evaluated(r)
+        ax.plot([e["epoch"] for e in points], [100 * e["test_acc"] for e in points], label=name, lw=1.2)
     for kind, marker in (("set", "o"), ("dense", "s"), ("static", "^")):
         ax.plot(PUBLISHED_EPOCHS, PUBLISHED[kind], ls="--", marker=marker, color="k", alpha=0.5, lw=0.8,
                 label=f"published {kind} (Mocanu et al.)")  # fmt: skip
@@ -340,7 +355,8 @@ def plot_accuracy_vs_wallclock(records: dict[str, dict], path: Path) -> None:
             continue
         hours = cpu_hours(r)
         if hours is not None:
-            ax.plot(hours, [100 * e["test_acc"] for e in r["epochs"]], label=name)
+            pairs = [(h, 100 * e["test_acc"]) for h, e in zip(hours, r["epochs"]) if e.get("test_acc") is not None]
+            ax.plot([h for h, _ in pairs], [a for _, a in pairs], label=name)
     for t in THRESHOLDS:
         ax.axhline(t, color="k", ls=":", lw=0.8)
     # CPU time, not wall-clock: on the shared machine wall-clock measures the load and pauses.
@@ -381,7 +397,8 @@ def plot_train_fraction(records: dict[str, dict], path: Path) -> bool:
         config, fraction, seed = parse_name(name)
         if not r["epochs"] or config not in configs_with_fractions or seed != 0:
             continue
-        acc = 100 * r["epochs"][-1]["test_acc"] if fraction < 1.0 else acc_at(r, 100)
+        last = last_evaluated(r)
+        acc = (100 * last["test_acc"] if last else None) if fraction < 1.0 else acc_at(r, 100)
         if acc is not None:
             groups.setdefault(fraction, {})[config] = acc
     if not any(f < 1.0 for f in groups):
