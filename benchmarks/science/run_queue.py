@@ -137,11 +137,13 @@ PLAN: list[tuple[str, int]] = [
     ("evolutionary-b8-s0", 100),
     ("evolutionary-gradient-b8-s0", 100),
     ("rigl-b8-s0", 100),
+    # The conv comparison is the longest (one core: dense ~570 s/epoch, sparse ~195 s): started
+    # early so that its 30 epochs finish within a few sessions.
+    (CONV_COMPARE, 10),
+    ("set-b8-s0", 200),
     # Block 4 on the exact architecture: how much of the gap to the published (unstructured)
     # SET curve the 8x8 blocks cost.
     ("set-b4-s0", 100),
-    ("set-b8-s0", 200),
-    (CONV_COMPARE, 10),
     ("static-b8-s0", 200),
     ("set-b16-s0", 200),
     ("set-b32-s0", 200),

@@ -35,8 +35,12 @@ RUN_NAME = re.compile(r"^(?P<config>.+?)(?:-f(?P<fraction>[0-9.]+))?-s(?P<seed>\
 
 
 def load_records(results: Path) -> dict[str, dict]:
+    """The records of the queue's runs (folders named ``<config>[-f<fraction>]-s<seed>``; other
+    folders, such as an archived partial record, are not runs of the plan and are left out)."""
     records = {}
     for path in sorted(results.glob("*/record.json")):
+        if RUN_NAME.match(path.parent.name) is None:
+            continue
         try:
             records[path.parent.name] = json.loads(path.read_text())
         except ValueError:
