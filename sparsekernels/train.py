@@ -717,6 +717,12 @@ def run(
     }
     segment = {key: getattr(args, key) for key in COMPUTE_KEYS}
     segment["device"] = record["environment"].get("device_name")
+    # Which code trained this segment: a resumed run may continue under a newer checkout.
+    segment["git_commit"] = record["environment"].get("git_commit")
+    from sparsekernels.ops import pointwise
+
+    fused = trainer.device.type == "cpu" and not args.compile and pointwise.fused_enabled()
+    segment["pointwise"] = "fused" if fused else "aten"  # SReLU/dropout implementation (set-mlp)
     if trainer.sparsity is not None:
         record["sparsity"] = {
             "global_density": getattr(trainer.sparsity, "global_density", None),

@@ -27,6 +27,7 @@ from sparsekernels.data.cifar10 import Split, synthetic_cifar10
 from sparsekernels.models import SReLU, build_model, set_mlp
 from sparsekernels.models.mlp import parse_hidden
 from sparsekernels.nn import SparseLinear, sparsify
+from sparsekernels.ops import pointwise
 from sparsekernels.ops.backends import native_available
 from sparsekernels.training.checkpoint import load_checkpoint
 from sparsekernels.training.er import er_candidates, er_density, er_epsilon_density
@@ -366,6 +367,9 @@ def test_cli_eval_every_skips_evaluations_without_changing_training(tmp_path):
             assert ea["test_acc"] == eb["test_acc"] and ea["train_eval_acc"] == eb["train_eval_acc"]
     assert a["structure_history"] == b["structure_history"]
     assert b["final_test_acc"] == a["final_test_acc"]
+    # Each segment (start, resume) records the code that trained it.
+    fused = "fused" if pointwise.fused_enabled() else "aten"
+    assert [seg["pointwise"] for seg in b["segments"]] == [fused, fused] and "git_commit" in b["segments"][1]
     assert b["best_test_acc"] == max(e["test_acc"] for e in b["epochs"] if "test_acc" in e)
     ma = load_checkpoint(every / "checkpoint-epoch005.pt")["trainer"]["model"]
     mb = load_checkpoint(sparse / "checkpoint-epoch005.pt")["trainer"]["model"]
