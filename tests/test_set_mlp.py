@@ -568,6 +568,17 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
 
 
+def test_summarize_splits_cpu_time_by_the_code_of_each_segment():
+    s = _load_summarize()
+    record = _fake_record([0.1] * 6, 200)
+    for e, cpu in zip(record["epochs"], (20.0, 10.0, 10.0, 9.0, 6.0, 6.0)):
+        e["epoch_cpu_seconds"] = cpu
+    record["segments"] = [{"start_epoch": 0}, {"start_epoch": 3, "pointwise": "fused"}]
+    assert s.code_of_epochs(record) == ["aten"] * 3 + ["fused"] * 3
+    # The first epoch of each segment (1 and 4) is warm-up and left out.
+    assert s.cpu_seconds_by_code(record) == {"aten": 10.0, "fused": 6.0}
+
+
 @pytest.mark.parametrize("method", ["evolutionary", "evolutionary-gradient", "rigl"])
 def test_cli_other_methods_run_with_per_epoch_updates(tmp_path, method):
     """The queue's DST comparison runs: same ER densities and per-epoch ζ updates, other methods."""

@@ -103,6 +103,31 @@ def seconds_per_epoch(record: dict, key: str = "epoch_seconds") -> float | None:
     return statistics.mean(values) if values else None
 
 
+def code_of_epochs(record: dict) -> list[str]:
+    """Per epoch, the SReLU/dropout implementation of the segment that trained it ("aten" for
+    segments from before the fused ops existed, which do not record it)."""
+    starts = sorted((s.get("start_epoch", 0), s.get("pointwise", "aten")) for s in record.get("segments") or [])
+    out = []
+    for e in record["epochs"]:
+        code = "aten"
+        for start, c in starts:
+            if e["epoch"] > start:
+                code = c
+        out.append(code)
+    return out
+
+
+def cpu_seconds_by_code(record: dict) -> dict[str, float]:
+    """Mean training CPU s/epoch per implementation, each over its epochs except the first of
+    every segment (warm-up)."""
+    starts = {s.get("start_epoch", 0) + 1 for s in record.get("segments") or []} | {1}
+    values: dict[str, list[float]] = {}
+    for e, code in zip(record["epochs"], code_of_epochs(record)):
+        if e["epoch"] not in starts and e.get("epoch_cpu_seconds") is not None:
+            values.setdefault(code, []).append(e["epoch_cpu_seconds"])
+    return {code: statistics.mean(v) for code, v in values.items()}
+
+
 def cpu_hours(record: dict) -> list[float] | None:
     """Cumulative training CPU time (h) per epoch, or None when an epoch lacks it."""
     if not record["epochs"] or any(e.get("epoch_cpu_seconds") is None for e in record["epochs"]):
@@ -174,24 +199,31 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
         "",
     ]
     header = ["run", "epochs", *[f"ep {e}" for e in TABLE_EPOCHS], "published (10/50/100/200)", "best", "s/epoch",
-              "CPU s/epoch", "CPU speed vs dense"]  # fmt: skip
+              "CPU s/epoch (aten · fused)", "CPU speed vs dense"]  # fmt: skip
     rows = []
     for name, r in sorted(full.items()):
         config = parse_name(name)[0]
         kind = reference_kind(config)
         pub = "/".join(f"{v:.1f}" for v in PUBLISHED[kind][:4]) if kind else "-"
-        spe, cpu = seconds_per_epoch(r), seconds_per_epoch(r, "epoch_cpu_seconds")
-        speed = f"{statistics.mean(dense_spe) / cpu:.1f}×" if cpu and dense_spe else "-"
+        spe, by_code = seconds_per_epoch(r), cpu_seconds_by_code(r)
+        cpu = " · ".join(fmt(by_code.get(c)) for c in ("aten", "fused"))
+        speed = " · ".join(
+            f"{statistics.mean(dense_spe) / by_code[c]:.1f}×" if c in by_code and dense_spe else "-"
+            for c in ("aten", "fused")
+        )
         best = best_acc(r)
         rows.append([name, status(r), *[fmt(acc_at(r, e), 2) for e in TABLE_EPOCHS], pub, fmt(best, 2), fmt(spe),
-                     fmt(cpu), speed])  # fmt: skip
+                     cpu, speed])  # fmt: skip
     lines += table(header, rows)
     lines += [
         "",
         "s/epoch: training wall-clock per epoch (evaluation excluded), mean over the epochs after the first, one",
         "torch thread, `nice -n 19` on a shared 2-core machine: it varies with the load and includes SIGSTOP",
-        "pauses. CPU s/epoch: process CPU time of the training steps (the work done, nearly load-independent);",
-        "the speed vs dense is the ratio of CPU s/epoch.",
+        "pauses. CPU s/epoch: process CPU time of the training steps (the work done, nearly load-independent),",
+        "per implementation of SReLU and dropout: `aten` (ATen expressions, the code before 2026-12-01 16:30)",
+        "and `fused` (csrc/pointwise.cpp); runs resumed across the change have both. The speed vs dense is the",
+        "ratio of CPU s/epoch (dense: all its epochs; the fused ops change its step by < 1 %,",
+        "`benchmarks/results/cpu-amd-epyc/set_mlp_step.md`).",
         "",
         "## Difference to the published curve (points; the bar is |Δ| ≤ 1.5 at epochs 50, 100, 200)",
         "",
