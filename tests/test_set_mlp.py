@@ -565,6 +565,15 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert s.settled_epoch([(1, 0.3), (2, 0.005), (3, 0.02)]) is None
+    # The published per-epoch curves (0.01 steps) agree with the values the issue quotes (0.1 steps).
+    for kind, quoted in s.PUBLISHED.items():
+        curve = s.PUBLISHED_CURVES[kind]
+        assert len(curve) == 200
+        assert all(abs(curve[e - 1] - q) <= 0.051 for e, q in zip((10, 50, 100, 200), quoted)), kind
+    set_curve = s.PUBLISHED_CURVES["set"]
+    expected = sum(5.0 * e - set_curve[e - 1] for e in (9, 10, 11)) / 3
+    assert s.mean_difference(records["set-b8-s0"], "set", 9, 11) == (pytest.approx(expected), 3)
+    assert s.mean_difference(records["set-b8-s0"], "set", 150, 160) is None
     assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
 
 
