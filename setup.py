@@ -44,6 +44,7 @@ SOURCES = [
     "csrc/kernels_avx512.cpp",
     "csrc/kernels_baseline.cpp",
     "csrc/pointwise.cpp",
+    "csrc/unstructured.cpp",
 ]
 
 
@@ -116,7 +117,13 @@ def _native_extension() -> dict:
         # governs our kernels too (checked by tests/ops/test_native_threads.py).
         extra_compile_args={"cxx": ["-O3", "-g0", "-Wno-psabi", *_openmp_flags()]},
         extra_link_args=_openmp_flags(),
-        depends=["csrc/kernels_api.h", "csrc/kernels_impl.h", "csrc/pointwise_impl.h"],
+        depends=[
+            "csrc/kernels_api.h",
+            "csrc/kernels_impl.h",
+            "csrc/pointwise_impl.h",
+            "csrc/unstructured.h",
+            "csrc/unstructured_impl.h",
+        ],
     )
     return {"ext_modules": [extension], "cmdclass": {"build_ext": _optional(BuildExtension)}}
 

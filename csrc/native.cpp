@@ -33,6 +33,7 @@
 #include <thread>
 
 #include "kernels_api.h"
+#include "unstructured.h"
 
 namespace sk {
 namespace {
@@ -328,6 +329,12 @@ void dds(const at::Tensor& a_in, const at::Tensor& values, at::TensorList layout
                     a_in.sizes());
   const int64_t P = a_in.size(0);
   check_out(out, {P, cols});
+  if (L.bm * L.bn <= kSmallBlock) {  // element sparsity and tiny blocks: unstructured.cpp
+    if (P > 0) {
+      unstructured_dds(L, v.data_ptr<float>(), a_in, transpose_sparse, out, &kernels() != &kernels_baseline);
+    }
+    return;
+  }
   // A is read one scalar at a time, so any strides work; the transposed case reads each block
   // transposed and wants its rows contiguous: one small transposed copy of the values.
   const at::Tensor vt = transpose_sparse ? v.transpose(1, 2).contiguous() : at::Tensor();
@@ -361,6 +368,10 @@ void sdd(const at::Tensor& a_in, const at::Tensor& b_in, at::TensorList layout, 
                     "native sdd: a [", L.R * L.bm, ", K] and b [K, ", L.C * L.bn, "] expected; got ", a_in.sizes(),
                     " and ", b_in.sizes());
   check_out(out, {L.nnz, L.bm, L.bn});
+  if (L.bm * L.bn <= kSmallBlock) {  // element sparsity and tiny blocks: unstructured.cpp
+    unstructured_sdd(L, a_in, b_in, out, &kernels() != &kernels_baseline);
+    return;
+  }
   // Both operands are read in place, whatever their strides: A one scalar at a time, B through
   // the kernel's packed per-column panels.
   SddArgs s{};

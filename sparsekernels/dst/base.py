@@ -196,6 +196,20 @@ def ranked(scores: torch.Tensor, generator: torch.Generator, *, descending: bool
     return order[torch.argsort(scores[order], descending=descending, stable=True)]
 
 
+def smallest_free(keys: torch.Tensor, blocked: torch.Tensor, count: int) -> torch.Tensor:
+    """int64 indices of the ``count`` smallest ``keys`` (float in [0, 1)) among the cells not
+    ``blocked``, ascending by key, equal keys by index; blocked cells only fill the tail when
+    fewer than ``count`` are free (callers mask them with ``~blocked[result]``).
+
+    Keys are made unique (key in 2^-24 steps, then index), so the selection is exactly that of
+    a stable sort of the free cells by key; ``topk`` finds it in O(n). Static output size: no
+    host synchronisation."""
+    n = keys.numel()
+    unique = (keys.double() * 2**24).floor().long() * n + torch.arange(n, device=keys.device)
+    unique = torch.where(blocked, torch.iinfo(torch.int64).max, unique)
+    return torch.topk(unique, count, largest=False, sorted=True).indices
+
+
 def inactive_first(order: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """Reorder the cell permutation ``order`` so inactive cells come first, keeping the
     relative order within each group (stable)."""
