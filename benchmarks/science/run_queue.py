@@ -364,7 +364,9 @@ class Log:
                 "",
                 f"Written by `benchmarks/science/run_queue.py`; last update {now}. Checkpoints and per-run logs live",
                 f"in `{self.runs_root}/` (outside the repository); records are copied to this folder.",
-                "Resume the whole queue (skips finished runs, continues unfinished ones bit-identically):",
+                "Resume the whole queue (skips finished runs, continues unfinished ones bit-identically under the",
+                "same code; a run resumed under newer code continues from the same state, and each segment of its",
+                "record names the commit and the SReLU/dropout implementation that trained it):",
                 "",
                 "```bash",
                 "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
@@ -379,8 +381,9 @@ class Log:
                 "Conditions: 2-core AMD EPYC shared with other jobs, one torch thread, `nice -n 19`, fp32, native",
                 "backend. s/epoch is training wall-clock only (evaluation excluded), mean over epochs after the",
                 "first; on this shared machine it varies with the load and includes SIGSTOP pauses. CPU s/epoch is",
-                "the process CPU time of",
-                "the training steps (one thread): the work done, nearly independent of the load.",
+                "the process CPU time of the training steps (one thread): the work done, nearly independent of the",
+                "load (runs that crossed the 2026-12-01 fused-SReLU/dropout change mix both speeds: SUMMARY.md",
+                "splits them).",
                 "",
                 "| run | status | epochs done / total (plan) | train s/epoch | train CPU s/epoch | eval s/epoch "
                 "| test acc % (last) | best % |",
