@@ -10,7 +10,9 @@ pays for warm-up). The sparse case updates its topology every 2 epochs, so the t
 plain steps only: in the science runs the SET update runs once per 500 steps.
 
 Cases: ``dense`` and ``sparse-b8``, each with the fused SReLU/dropout ops (default) and with
-``SPARSEKERNELS_FUSED_POINTWISE=0`` (the ATen expressions, ``-aten``). Cases are run in
+``SPARSEKERNELS_FUSED_POINTWISE=0`` (the ATen expressions, ``-aten``); on request
+``sparse-b4`` and ``sparse-b1`` (element sparsity, as the published SET), which run the
+native small-block path. Cases are run in
 rounds, in a rotating order, so that ratios come from the same minutes; the median over the
 rounds is reported with the highest 1-minute load average seen (``/proc/loadavg``) beside it.
 Ratios are against ``dense`` of the same thread count (a speed-up > 1 means faster than it).
