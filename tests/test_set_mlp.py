@@ -577,6 +577,21 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
 
 
+def test_summarize_established_churn_leaves_out_reverted_growth():
+    s = _load_summarize()
+    record = _fake_record([0.1] * 3, 200)
+    record["structure_history"] = [
+        {"step": 5, "churn": 0.3, "layers": {"a": {"changed": 30, "reverted": 0}, "b": {"changed": 10, "reverted": 0}}},
+        {
+            "step": 10,
+            "churn": 0.3,
+            "layers": {"a": {"changed": 30, "reverted": 30}, "b": {"changed": 10, "reverted": 5}},
+        },
+        {"step": 15, "churn": 0.0, "layers": {"a": {"changed": 0, "reverted": 0}}},
+    ]
+    assert s.established_churn_by_epoch(record) == [(1.0, 0.3), (2.0, pytest.approx(0.3 * 5 / 40)), (3.0, 0.0)]
+
+
 def test_summarize_splits_cpu_time_by_the_code_of_each_segment():
     s = _load_summarize()
     record = _fake_record([0.1] * 6, 200)
