@@ -57,8 +57,10 @@ COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
 # Options of the SET MLP, its data pipeline and the sample-efficiency runs (issue 15).
 RESUME_KEYS += (
     "hidden", "activation", "dropout", "augment", "er_epsilon", "update_unit", "train_fraction", "subset_seed",
-    "eval_train", "nesterov",
+    "eval_train", "nesterov", "initial_topology",
 )  # fmt: skip
+# Options added after checkpoints existed: a checkpoint without the key trained with this value.
+OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude"}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -200,6 +202,14 @@ def _add_set_arguments(p: argparse.ArgumentParser) -> None:
         "--train-fraction", type=float, default=1.0, help="train on a fixed class-balanced fraction of the training set"
     )
     g.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-fraction subset (not --seed)")
+    g.add_argument(
+        "--initial-topology",
+        choices=("magnitude", "random"),
+        default="magnitude",
+        help="which blocks each sparse layer starts with: the largest of the dense initialisation (magnitude), "
+        "or drawn at random (random, as SET/RigL: the kept initial values stay distributed as the init; "
+        "magnitude keeps the largest, at block 1 all near the init bound); see sparsekernels.sparsify",
+    )
     g.add_argument(
         "--eval-train",
         type=int,
@@ -410,6 +420,7 @@ def sparsify_model(model: nn.Module, args: argparse.Namespace) -> Any:
         block_size=args.block_size,
         distribution=args.distribution,
         backend=args.backend,
+        topology=getattr(args, "initial_topology", "magnitude"),
     )
 
 
@@ -656,10 +667,11 @@ def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
                 f"resume with the same {flag} (it changes the numbers, and the record describes one run)"
             )
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(args, key):
+        used = saved.get(key, OPTION_DEFAULTS_BEFORE.get(key))
+        if used != getattr(args, key):
             flag = "--" + key.replace("_", "-")
             raise SystemExit(
-                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run used {saved.get(key)!r}; "
+                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run used {used!r}; "
                 "--resume continues the same run, so pass the same options"
             )
 

@@ -378,6 +378,26 @@ def test_cli_eval_every_skips_evaluations_without_changing_training(tmp_path):
         train.parse_args([*argv, "--eval-every", "0"])
 
 
+def test_cli_initial_topology_random_and_checkpoints_from_before_the_option(tmp_path):
+    from sparsekernels.training.checkpoint import save_checkpoint
+
+    argv = [*SMALL, *SET_UPDATES, "--epochs", "2", "--checkpoint-every", "1", "--block-size", "1"]
+    rand, old = tmp_path / "rand", tmp_path / "old"
+    assert train.main([*argv, "--initial-topology", "random", "--out", str(rand)]) == 0
+    assert read_record(rand)["config"]["initial_topology"] == "random"
+    assert train.main([*argv, "--stop-at-epoch", "1", "--out", str(old)]) == 0
+    ckpt = load_checkpoint(old / "checkpoint-epoch001.pt")
+    # Another topology, another run: the first layers' active cells differ.
+    rand_layout = load_checkpoint(rand / "checkpoint-epoch001.pt")["trainer"]["model"]["layers.0.layout_col_indices"]
+    assert not torch.equal(rand_layout, ckpt["trainer"]["model"]["layers.0.layout_col_indices"])
+    del ckpt["config"]["initial_topology"]  # a checkpoint written before the option existed
+    save_checkpoint(old / "checkpoint-epoch001.pt", ckpt)
+    resume = ["--resume", str(old / "checkpoint-epoch001.pt"), "--out", str(old)]
+    with pytest.raises(SystemExit, match="initial-topology"):
+        train.main([*argv, *resume, "--initial-topology", "random"])
+    assert train.main([*argv, *resume]) == 0  # it trained with the old behaviour, magnitude
+
+
 def test_cli_paused_and_resumed_run_is_bit_identical(tmp_path):
     argv = [*SMALL, *SET_UPDATES, "--epochs", "3", "--eval-train", "100", "--checkpoint-every", "1"]
     argv += ["--train-fraction", "0.5"]

@@ -192,19 +192,29 @@ class SparseConv2d(BlockSparseWeight):
         density: float | None = None,
         mask: torch.Tensor | None = None,
         block_size: int | tuple[int, int] = 32,
+        layout: BlockLayout | None = None,
     ) -> "SparseConv2d":
         """Sparse copy of ``conv``: keep the blocks of largest L2 norm (``density``), the blocks
-        touched by an element ``mask [K, C, R, S]``, or every block (neither)."""
+        touched by an element ``mask [K, C, R, S]``, the blocks of ``layout`` (of the tap-major
+        weight matrix ``[R*S*K, C]``; its block size wins over ``block_size``), or every block
+        (none of them)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d; got {type(conv).__name__}")
-        if density is not None and mask is not None:
-            raise ValueError("pass either density or mask, not both")
+        if sum(x is not None for x in (density, mask, layout)) > 1:
+            raise ValueError("pass at most one of density, mask and layout")
+        if layout is not None:
+            block_size = layout.block_size
         weight = conv.weight.detach()
         K, C = conv.out_channels, conv.in_channels
         if conv.groups != 1:
             raise ValueError(f"groups must be 1 for SparseConv2d; got {conv.groups}")
         _, block = conv_layout_shape(K, C, conv.kernel_size, block_size)
-        if mask is not None:
+        if layout is not None:
+            expected, _ = conv_layout_shape(K, C, conv.kernel_size, block)
+            if tuple(layout.shape) != tuple(expected):
+                raise ValueError(f"layout must have shape {tuple(expected)} (R*S*K, C); got {tuple(layout.shape)}")
+            layout = layout.to(weight.device)
+        elif mask is not None:
             if tuple(mask.shape) != tuple(weight.shape):
                 raise ValueError(f"mask must have shape {tuple(weight.shape)}; got {tuple(mask.shape)}")
             layout = conv_layout_from_mask(mask.to(weight.device), block)

@@ -93,13 +93,19 @@ class SparseLinear(BlockSparseWeight):
         density: float | None = None,
         mask: torch.Tensor | None = None,
         block_size: int | tuple[int, int] = 32,
+        layout: BlockLayout | None = None,
     ) -> "SparseLinear":
         """Sparse copy of ``linear``: keep the blocks of largest L2 norm (``density``), the blocks
-        touched by an element ``mask [out, in]``, or every block (neither)."""
+        touched by an element ``mask [out, in]``, the blocks of ``layout`` (shape ``[out, in]``;
+        its block size wins over ``block_size``), or every block (none of them)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
-        if density is not None and mask is not None:
-            raise ValueError("pass either density or mask, not both")
+        if sum(x is not None for x in (density, mask, layout)) > 1:
+            raise ValueError("pass at most one of density, mask and layout")
+        if layout is not None:
+            if tuple(layout.shape) != tuple(linear.weight.shape):
+                raise ValueError(f"layout must have shape {tuple(linear.weight.shape)}; got {tuple(layout.shape)}")
+            block_size = layout.block_size
         weight = linear.weight.detach()
         block_size = normalize_block_size(block_size)
         out_f, in_f = weight.shape
@@ -107,7 +113,9 @@ class SparseLinear(BlockSparseWeight):
             raise ValueError(
                 f"block_size {block_size} must divide the weight shape (out_features={out_f}, in_features={in_f})"
             )
-        if mask is not None:
+        if layout is not None:
+            layout = layout.to(weight.device)
+        elif mask is not None:
             if tuple(mask.shape) != (out_f, in_f):
                 raise ValueError(f"mask must have shape {(out_f, in_f)}; got {tuple(mask.shape)}")
             layout = BlockLayout.from_mask(mask.to(weight.device), block_size)

@@ -19,15 +19,17 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from sparsekernels.conv_layout import conv_layout_shape
-from sparsekernels.layout import blocks_for_density, normalize_block_size
+from sparsekernels.layout import BlockLayout, blocks_for_density, normalize_block_size
 from sparsekernels.nn.conv import SparseConv2d
 from sparsekernels.nn.linear import SparseLinear
 from sparsekernels.ops.backends import check_backend
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
+TOPOLOGIES = ("magnitude", "random")  # which blocks a layer keeps: largest, or at random
 # Status of a layer chosen for sparsification whose density came out at 1: its ERK share was
 # capped at 1, or rounding its density to whole blocks kept every block. Left dense.
 CAPPED = "dense: capped at density 1"
@@ -130,9 +132,12 @@ def sparsify(
     dense_first_conv: bool = True,
     dense_classifier: bool = True,
     backend: str = "auto",
+    topology: str = "magnitude",
+    generator: torch.Generator | None = None,
 ) -> SparsifySummary:
     """Replace the ``nn.Linear``/``nn.Conv2d`` layers of ``model`` in place by
-    :class:`SparseLinear`/:class:`SparseConv2d`, keeping their weights' largest blocks.
+    :class:`SparseLinear`/:class:`SparseConv2d`, keeping their weights' largest blocks
+    (``topology="magnitude"``) or blocks drawn uniformly at random (``"random"``).
 
     Args:
         density: global fraction of weights kept over the sparsified layers, in (0, 1].
@@ -142,6 +147,14 @@ def sparsify(
         dense_first_conv / dense_classifier: leave the first Conv2d and the last Linear dense
             (default, as in RigL: they hold few parameters and matter most).
         backend: the ops backend the new layers use.
+        topology: which blocks each layer keeps (its per-layer count is set by ``density`` and
+            ``distribution`` either way). ``"magnitude"``: those of largest L2 norm, what pruning
+            a trained model wants. ``"random"``: uniformly at random (``generator``, default
+            torch's global one), what training from scratch wants: on a freshly initialised
+            layer the largest blocks are a biased sample of the initial values (at block 1 the
+            kept weights all sit near the init bound, ~1.7x the std of a random subset), while
+            a random choice keeps them distributed as the init, as in the SET and RigL papers.
+        generator: random source of ``topology="random"``.
 
     Layers whose channel/feature counts are not multiples of ``block_size``, or grouped
     convolutions, are skipped and reported. Returns a :class:`SparsifySummary`.
@@ -156,6 +169,8 @@ def sparsify(
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}; got {distribution!r}")
     check_backend(backend)
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}; got {topology!r}")
     excluded = _exclusion(exclude)
 
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
@@ -194,10 +209,19 @@ def sparsify(
             # A "sparse" layer holding every block would only be a slower dense one.
             summary.append(LayerSummary(name, kind, shape, 1.0, 0, None, CAPPED))
             continue
-        if kind == "conv2d":
-            sparse = SparseConv2d.from_dense(module, density=target[name], block_size=bs)
+        if topology == "random":
+            if kind == "conv2d":
+                matrix = conv_layout_shape(module.out_channels, module.in_channels, module.kernel_size, bs)[0]
+            else:
+                matrix = shape
+            chosen = BlockLayout.random(matrix, bs, target[name], generator=generator, device=module.weight.device)
+            keep = {"layout": chosen}
         else:
-            sparse = SparseLinear.from_dense(module, density=target[name], block_size=bs)
+            keep = {"density": target[name], "block_size": bs}
+        if kind == "conv2d":
+            sparse = SparseConv2d.from_dense(module, **keep)
+        else:
+            sparse = SparseLinear.from_dense(module, **keep)
         sparse.backend = backend
         sparse.train(module.training)
         _set_submodule(model, name, sparse)

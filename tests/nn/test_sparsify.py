@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -100,3 +102,47 @@ def test_sparsify_errors():
         sparsify(small_resnet(), distribution="gaussian")
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         sparsify("resnet")
+
+
+def test_random_topology_keeps_the_init_distribution_and_the_counts():
+    """topology="random": the same per-layer block counts as "magnitude", blocks chosen
+    independently of the values (so the kept weights are distributed as the initialisation), a
+    seeded generator reproduces them, and the sparse layers compute with the dense weights'
+    values at their blocks."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    by_magnitude, at_random, again = (copy.deepcopy(dense) for _ in range(3))
+    s_mag = sparsify(by_magnitude, density=0.05, block_size=1, distribution="er")
+    s_rand = sparsify(at_random, 0.05, 1, "er", topology="random", generator=torch.Generator().manual_seed(1))
+    sparsify(again, 0.05, 1, "er", topology="random", generator=torch.Generator().manual_seed(1))
+    assert [s.nnz for s in s_mag] == [s.nnz for s in s_rand]
+    for i in (0, 2):
+        kept = at_random[i].weight_values.flatten()
+        init = dense[i].weight.detach().flatten()
+        assert torch.equal(at_random[i].to_block_mask(), again[i].to_block_mask())
+        # Uniform init U(-a, a): a random subset keeps std a/sqrt(3); the largest 5 % sit near a.
+        assert kept.std().item() == pytest.approx(init.std().item(), rel=0.1)
+        assert by_magnitude[i].weight_values.abs().min() > 0.9 * init.abs().max()
+        mask = at_random[i].to_block_mask()
+        assert torch.equal(at_random[i].to_dense().weight.detach()[mask], dense[i].weight.detach()[mask])
+    model = small_resnet()
+    sparsify(model, 0.2, 32, topology="random")
+    assert isinstance(model[1], SparseConv2d) and model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="topology must be one of"):
+        sparsify(small_resnet(), topology="largest")
+
+
+def test_from_dense_with_a_layout():
+    from sparsekernels import BlockLayout
+
+    linear = nn.Linear(64, 32)
+    layout = BlockLayout.random((32, 64), 16, 0.5, generator=torch.Generator().manual_seed(0))
+    sparse = SparseLinear.from_dense(linear, layout=layout)
+    assert torch.equal(sparse.to_block_mask(), layout.to_block_mask()) and sparse.nnz == layout.nnz
+    with pytest.raises(ValueError, match="at most one of density, mask and layout"):
+        SparseLinear.from_dense(linear, density=0.5, layout=layout)
+    with pytest.raises(ValueError, match=r"layout must have shape \(32, 64\)"):
+        SparseLinear.from_dense(linear, layout=BlockLayout.random((64, 64), 16, 0.5))
+    conv = nn.Conv2d(32, 32, 3)
+    with pytest.raises(ValueError, match="layout must have shape"):
+        SparseConv2d.from_dense(conv, layout=layout)
