@@ -103,7 +103,8 @@ def _runs() -> dict[str, dict]:
         # weight then starts near the init bound).
         rand = ["--initial-topology", "random"]
         for method in ("set", "static"):
-            runs[f"{method}-b1-rand-s{seed}"] = {"args": sparse(method, 1) + rand + s, "epochs": 200}
+            for block in (1, 8):
+                runs[f"{method}-b{block}-rand-s{seed}"] = {"args": sparse(method, block) + rand + s, "epochs": 200}
         for method in ("evolutionary", "evolutionary-gradient", "rigl"):
             runs[f"{method}-b8-s{seed}"] = {"args": sparse(method, 8) + s, "epochs": 200}
     # Fewer training samples: a fixed class-balanced subset, epochs scaled by 1/f so the
@@ -150,6 +151,8 @@ PLAN: list[tuple[str, int]] = [
     ("set-b1-s0", 100),
     ("set-b1-rand-s0", 100),
     ("static-b1-rand-s0", 100),
+    # Block 8 with the random initial mask: the block structure without the init bias.
+    ("set-b8-rand-s0", 100),
     # The conv comparison is the longest (one core: dense ~570 s/epoch, sparse ~195 s): started
     # early so that its 30 epochs finish within a few sessions.
     (CONV_COMPARE, 10),
@@ -182,6 +185,8 @@ PLAN: list[tuple[str, int]] = [
     ("set-b1-s0", 200),
     ("set-b1-rand-s0", 200),
     ("static-b1-rand-s0", 200),
+    ("set-b8-rand-s0", 200),
+    ("static-b8-rand-s0", 200),
 ]  # fmt: skip
 
 
