@@ -10,25 +10,15 @@ import torch
 from sparsekernels import BlockLayout, native_available
 from sparsekernels.ops import native_backend as nb
 from sparsekernels.ops import reference as ref
-from sparsekernels.ops._alloc import set_poison_outputs
 from tests.helpers import assert_close
-from tests.ops.test_native import ISAS, _supported_isas
+from tests.ops.test_native import ISAS, _poison, _supported_isas, cpu  # noqa: F401  (fixtures used by name)
 
 F64 = torch.float64
-pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    set_poison_outputs(True)
-    yield
-    set_poison_outputs(False)
-
-
-@pytest.fixture(autouse=True)
-def _cpu_only(device):
-    if device.type != "cpu":
-        pytest.skip("the native backend is CPU-only")
+# Poisoned outputs (test_native's autouse fixture) and CPU only (its `cpu` fixture skips on CUDA).
+pytestmark = [
+    pytest.mark.skipif(not native_available(), reason="native extension not built"),
+    pytest.mark.usefixtures("cpu"),
+]
 
 
 def element_layout(M: int, N: int, density: float, seed: int, block: tuple[int, int] = (1, 1)) -> BlockLayout:
