@@ -38,6 +38,7 @@ AMP_NAMES = ("bf16", "fp16", "none")  # AMP_DTYPES below
 METHODS = ("static", "set", "rigl", "evolutionary", "evolutionary-gradient")
 DISTRIBUTIONS = ("uniform", "er", "erk")
 BACKENDS = ("auto", "triton", "reference", "native")
+DEFAULT_ADAPT_FLOOR = 0.1  # sparsekernels.dst.engine.ADAPT_FLOOR
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 5e-2}
 # Sparse entries of --compare use --density, or this when --density is left at 1.0.
@@ -57,10 +58,10 @@ COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
 # Options of the SET MLP, its data pipeline and the sample-efficiency runs (issue 15).
 RESUME_KEYS += (
     "hidden", "activation", "dropout", "augment", "er_epsilon", "update_unit", "train_fraction", "subset_seed",
-    "eval_train", "nesterov", "initial_topology",
+    "eval_train", "nesterov", "initial_topology", "adapt_floor",
 )  # fmt: skip
 # Options added after checkpoints existed: a checkpoint without the key trained with this value.
-OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude"}
+OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude", "adapt_floor": DEFAULT_ADAPT_FLOOR}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decay of --update-fraction over the updates (cosine: RigL's)",
     )
     g.add_argument("--stop-after", type=float, default=0.75, help="no updates after this fraction of the steps")
+    g.add_argument(
+        "--adapt-floor",
+        type=float,
+        default=DEFAULT_ADAPT_FLOOR,
+        help="smallest adaptive multiplier of the swap count (evolutionary methods; in [0, 1]): a settled "
+        "structure still swaps this share of the scheduled blocks; 0 lets it fall to one block per layer",
+    )
     g.add_argument(
         "--backend",
         default="auto",
@@ -258,6 +266,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (args.update_every >= 1, f"--update-every must be >= 1; got {args.update_every}"),
         (0.0 < args.update_fraction < 1.0, f"--update-fraction must be in (0, 1); got {args.update_fraction}"),
         (0.0 <= args.stop_after <= 1.0, f"--stop-after must be in [0, 1]; got {args.stop_after}"),
+        (0.0 <= args.adapt_floor <= 1.0, f"--adapt-floor must be in [0, 1]; got {args.adapt_floor}"),
         (args.lr > 0, f"--lr must be positive; got {args.lr}"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0; got {args.weight_decay}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0; got {args.warmup_epochs}"),
@@ -457,6 +466,7 @@ def build_engine(
         fraction=args.update_fraction,
         schedule=args.update_schedule,
         stop_after=args.stop_after * total_steps,
+        adapt_floor=args.adapt_floor,
         seed=args.seed,
     )
 

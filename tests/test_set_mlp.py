@@ -672,3 +672,26 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     s = _load_summarize()
     section = "\n".join(s.comparison_markdown(s.load_comparisons(results)))
     assert "`cmp`:" in section and "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section
+
+
+def test_cli_adapt_floor_reaches_the_engine_and_old_checkpoints_resume_with_0_1(tmp_path):
+    from sparsekernels.training.checkpoint import save_checkpoint
+
+    evo = [a if a != "set" else "evolutionary" for a in SET_UPDATES]
+    argv = [*SMALL, *evo, "--epochs", "2", "--checkpoint-every", "1"]
+    free, old = tmp_path / "free", tmp_path / "old"
+    assert train.main([*argv, "--adapt-floor", "0", "--stop-at-epoch", "1", "--out", str(free)]) == 0
+    assert load_checkpoint(free / "checkpoint-epoch001.pt")["trainer"]["engine"]["adapt_floor"] == 0.0
+    assert read_record(free)["config"]["adapt_floor"] == 0.0
+    with pytest.raises(SystemExit):
+        train.parse_args([*argv, "--adapt-floor", "1.5"])
+    assert train.main([*argv, "--stop-at-epoch", "1", "--out", str(old)]) == 0
+    ckpt = load_checkpoint(old / "checkpoint-epoch001.pt")
+    assert ckpt["trainer"]["engine"]["adapt_floor"] == 0.1
+    # A checkpoint written before the option existed: config and engine state lack the key.
+    del ckpt["config"]["adapt_floor"], ckpt["trainer"]["engine"]["adapt_floor"]
+    save_checkpoint(old / "checkpoint-epoch001.pt", ckpt)
+    resume = ["--resume", str(old / "checkpoint-epoch001.pt"), "--out", str(old)]
+    with pytest.raises(SystemExit, match="adapt-floor"):
+        train.main([*argv, *resume, "--adapt-floor", "0"])
+    assert train.main([*argv, *resume]) == 0

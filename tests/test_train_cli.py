@@ -60,6 +60,9 @@ def test_static_names_match_the_registries():
     assert set(train.MODEL_NAMES) == set(MODELS)
     assert tuple(train.SCHEDULE_NAMES) == tuple(SCHEDULES)
     assert set(train.AMP_NAMES) == set(train.AMP_DTYPES)
+    from sparsekernels.dst.engine import ADAPT_FLOOR
+
+    assert train.DEFAULT_ADAPT_FLOOR == ADAPT_FLOOR
 
 
 def test_default_block_size_can_rewire_the_default_model():

@@ -45,12 +45,13 @@ Options for the evolutionary methods (usable with any method):
 
 * ``adaptive`` (default: on for the evolutionary methods): layer ``l`` swaps
   ``max(1, floor(a_l · k_l))`` blocks. The multiplier starts at ``a_l = 1`` and after each
-  update that swapped something becomes ``max(0.1, (a_l + 1 − ρ_l) / 2)``, where the *revert
+  update that swapped something becomes ``max(f, (a_l + 1 − ρ_l) / 2)``, where the *revert
   rate* ``ρ_l`` is the share of the blocks pruned at that update that had been grown
   *recently* — at one of the ``grace_updates + 1`` updates before it, i.e. pruned at the
   first update allowed to prune them. Growth that keeps being undone means the structure
-  has settled: the rate shrinks (halfway towards ``1 − ρ`` each update, never below a tenth
-  and never below one block, so exploration continues until the schedule ends it), and it
+  has settled: the rate shrinks (halfway towards ``1 − ρ`` each update, never below the floor
+  ``f = adapt_floor``, 0.1 by default, and never below one block, so exploration continues
+  until the schedule ends it; ``adapt_floor=0`` lets it fall to one block), and it
   recovers as soon as pruning hits established blocks again. ``ρ`` and ``a`` stay on the
   device: the count is applied by a device comparison, so neither lag nor synchronisation.
 * ``global_redistribution``: the per-layer counts are chosen jointly. Every active block of
@@ -101,7 +102,7 @@ from sparsekernels.dst.schedules import FractionSchedule
 from sparsekernels.layout import BlockLayout
 from sparsekernels.nn._block_sparse import BlockSparseWeight, gather_blocks
 
-# Smallest adaptive multiplier: a settled structure still swaps a tenth of the scheduled
+# Default smallest adaptive multiplier: a settled structure still swaps a tenth of the scheduled
 # blocks, so exploration never stops before the schedule ends it.
 ADAPT_FLOOR = 0.1
 
@@ -128,6 +129,9 @@ class DynamicSparsity:
         global_redistribution: choose per-layer swap counts jointly (module docstring).
         adaptive: shrink the swap count from the revert rate (module docstring); None: the
             method's default (on for the evolutionary methods).
+        adapt_floor: smallest adaptive multiplier, in [0, 1] (default ``ADAPT_FLOOR`` = 0.1:
+            a settled structure still swaps a tenth of the scheduled blocks). 0 lets the swap
+            count fall to one block per layer and update, so the structure can freeze.
         seed: seed of the engine's ``torch.Generator`` (tie-breaking, random growth), taken
             modulo 2**63; None: ``torch.initial_seed()``. Under ``torch.distributed`` rank 0's
             seed is used.
@@ -147,6 +151,7 @@ class DynamicSparsity:
         *,
         global_redistribution: bool = False,
         adaptive: bool | None = None,
+        adapt_floor: float = ADAPT_FLOOR,
         seed: int | None = None,
         process_group=None,
         **method_options,
@@ -191,6 +196,7 @@ class DynamicSparsity:
         self.update_every = update_every
         self.global_redistribution = bool(global_redistribution)
         self.adaptive = self.method.adaptive_default if adaptive is None else bool(adaptive)
+        self.adapt_floor = _check_floor(adapt_floor, "adapt_floor")
         self.process_group = process_group
 
         device = layers[0][1].weight_values.device
@@ -350,7 +356,7 @@ class DynamicSparsity:
         if self.adaptive and self.global_redistribution and results:
             changed = torch.stack([r[0] for r in results.values()]).sum()
             reverted = torch.stack([r[2] for r in results.values()]).sum()
-            self._global_adapt = _adapt(self._global_adapt, changed, reverted)
+            self._global_adapt = _adapt(self._global_adapt, changed, reverted, self.adapt_floor)
 
         rows = []
         for st in self._states:
@@ -478,7 +484,7 @@ class DynamicSparsity:
         n_reverted = reverted.sum()
         st.pruned_grown_total += n_was_grown
         if self.adaptive and not self.global_redistribution:
-            st.adapt = _adapt(st.adapt, changed, n_reverted)
+            st.adapt = _adapt(st.adapt, changed, n_reverted, self.adapt_floor)
         return changed, n_was_grown, n_reverted
 
     @property
@@ -516,6 +522,7 @@ class DynamicSparsity:
             "schedule": self.schedule.state_dict(),
             "global_redistribution": self.global_redistribution,
             "adaptive": self.adaptive,
+            "adapt_floor": self.adapt_floor,
             "seed": self.seed,
             "generator": self._generator.get_state(),
             "global_adapt": self._global_adapt.clone(),
@@ -547,6 +554,7 @@ class DynamicSparsity:
         self.update_every = new["update_every"]
         self.global_redistribution = new["global_redistribution"]
         self.adaptive = new["adaptive"]
+        self.adapt_floor = new["adapt_floor"]
         self.seed = new["seed"]
         self._generator.set_state(new["generator"])
         self._global_adapt = new["global_adapt"]
@@ -610,6 +618,9 @@ class DynamicSparsity:
             raise bad("'schedule'", f"is invalid: {err}") from None
         out["global_redistribution"] = flag("'global_redistribution'", sd["global_redistribution"])
         out["adaptive"] = flag("'adaptive'", sd["adaptive"])
+        # State dicts from before the option trained with the fixed floor.
+        out["adapt_floor"] = _check_floor(sd.get("adapt_floor", ADAPT_FLOOR), "DynamicSparsity state_dict['adapt_floor']")
+        floor = out["adapt_floor"]
         if isinstance(sd["seed"], bool) or not isinstance(sd["seed"], int):
             raise bad("'seed'", f"must be an int; got {sd['seed']!r}")
         out["seed"] = sd["seed"]
@@ -625,6 +636,7 @@ class DynamicSparsity:
         out["global_adapt"] = _multiplier(
             "'global_adapt'",
             tensor("'global_adapt'", sd["global_adapt"], (), (torch.float32,), self._global_adapt.device),
+            floor,
             bad,
         )
 
@@ -663,7 +675,7 @@ class DynamicSparsity:
             born = new["born"]
             if bool(((born < 0) | (born > out["updates"])).any()):
                 raise bad(f"{w}]['born'", f"must hold update numbers in [0, {out['updates']}]; got {born.tolist()}")
-            _multiplier(f"{w}]['adapt'", new["adapt"], bad)
+            _multiplier(f"{w}]['adapt'", new["adapt"], floor, bad)
             grown, pruned_grown = int(new["grown_total"]), int(new["pruned_grown_total"])
             if not 0 <= pruned_grown <= grown:
                 raise bad(f"{w}]['pruned_grown_total'", f"must be in [0, grown_total = {grown}]; got {pruned_grown}")
@@ -690,7 +702,8 @@ class DynamicSparsity:
         return (
             f"DynamicSparsity(method={method_name(self.method)!r}, layers={len(self._states)}, "
             f"update_every={self.update_every}, schedule={self.schedule!r}, "
-            f"global_redistribution={self.global_redistribution}, adaptive={self.adaptive}, step={self._step})"
+            f"global_redistribution={self.global_redistribution}, adaptive={self.adaptive}, "
+            f"adapt_floor={self.adapt_floor}, step={self._step})"
         )
 
 
@@ -711,11 +724,18 @@ _STATE_KEYS = (
 _LAYER_KEYS = ("nnz", "grid", "born", "ever_active", "adapt", "grown_total", "pruned_grown_total", "slots")
 
 
-def _multiplier(where: str, value: torch.Tensor, bad) -> torch.Tensor:
-    """An adaptive multiplier must lie in [ADAPT_FLOOR, 1] (it starts at 1 and only shrinks to the floor)."""
+def _check_floor(value: object, where: str) -> float:
+    """The adaptive floor as a float; ``ValueError`` naming ``where`` unless a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{where} must be a number in [0, 1] (the smallest adaptive multiplier); got {value!r}")
+    return float(value)
+
+
+def _multiplier(where: str, value: torch.Tensor, floor: float, bad) -> torch.Tensor:
+    """An adaptive multiplier must lie in [floor, 1] (it starts at 1 and only shrinks to the floor)."""
     a = float(value)
-    if not ADAPT_FLOOR - 1e-6 <= a <= 1.0 + 1e-6:
-        raise bad(where, f"must be an adaptive multiplier in [{ADAPT_FLOOR}, 1]; got {a}")
+    if not floor - 1e-6 <= a <= 1.0 + 1e-6:
+        raise bad(where, f"must be an adaptive multiplier in [{floor}, 1]; got {a}")
     return value
 
 
@@ -742,10 +762,10 @@ def _floor_mul(k: int | torch.Tensor, factor: float) -> int | torch.Tensor:
     return math.floor(k * factor)
 
 
-def _adapt(current: torch.Tensor, changed: torch.Tensor, reverted: torch.Tensor) -> torch.Tensor:
-    """Next adaptive multiplier ``max(ADAPT_FLOOR, (a + 1 − ρ) / 2)`` with the revert rate
+def _adapt(current: torch.Tensor, changed: torch.Tensor, reverted: torch.Tensor, floor: float) -> torch.Tensor:
+    """Next adaptive multiplier ``max(floor, (a + 1 − ρ) / 2)`` with the revert rate
     ``ρ = reverted / changed``: halfway from the current ``a`` towards ``1 − ρ``, so one
     update's rate (often over a handful of blocks) moves it only part of the way. Unchanged
     when nothing was swapped."""
     rate = reverted.float() / changed.clamp(min=1).float()
-    return torch.where(changed > 0, (0.5 * (current + 1.0 - rate)).clamp(min=ADAPT_FLOOR), current)
+    return torch.where(changed > 0, (0.5 * (current + 1.0 - rate)).clamp(min=floor), current)

@@ -301,6 +301,26 @@ def test_custom_method_adaptive_rate_and_history():
     assert float(evo.layer_state("0").adapt) == pytest.approx(0.1)
 
 
+def test_adapt_floor_zero_lets_the_swap_count_fall_to_one_block():
+    """Same run as above with ``adapt_floor=0``: the multiplier keeps halving (1/16, 1/32, ...)
+    instead of stopping at 0.1, and the count stays at one block; a bad floor is refused."""
+    torch.manual_seed(0)
+    mask = random_block_mask(8, 8, 0.25)
+    model, _ = _single_layer(mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    evo = DynamicSparsity(
+        model, opt, method="test-prune-newest", update_every=1, fraction=0.5, adaptive=True, adapt_floor=0.0
+    )
+    for _ in range(7):
+        evo.step()
+    assert [r["layers"]["0"]["changed"] for r in evo.history] == [8, 8, 4, 2, 1, 1, 1]
+    assert float(evo.layer_state("0").adapt) == pytest.approx(1 / 64)
+    assert evo.state_dict()["adapt_floor"] == 0.0
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match=r"adapt_floor must be a number in \[0, 1\]"):
+            DynamicSparsity(model, opt, method="test-prune-newest", adapt_floor=bad)
+
+
 # ----------------------------------------------------------------------------- schedules
 @pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
 def test_schedules_match_formulas(name):

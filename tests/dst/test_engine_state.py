@@ -82,6 +82,9 @@ BAD_STATES = [
     ("slots-missing", edit((*L0, "slots"), {}), ValueError, r"\['slots'\] must hold the method's per-slot state"),
     ("slot-shape", edit((*L0, "slots", "fitness"), lambda t: t[:-1]), ValueError, r"\['slots'\]\['fitness'\]"),
     ("history", edit(("history",), "nope"), ValueError, r"'history'\] is not a history"),
+    ("adapt-floor-range", edit(("adapt_floor",), 2.0), ValueError, r"'adapt_floor'\] must be a number in"),
+    # The multipliers must respect the saved floor: 0.05 is below the default 0.1.
+    ("adapt-below-floor", edit((*L0, "adapt"), torch.tensor(0.05)), ValueError, r"adaptive multiplier in \[0.1"),
 ]
 
 
@@ -93,6 +96,16 @@ def test_bad_state_is_refused_and_engine_left_untouched(name, mutate, error, mes
     with pytest.raises(error, match=message):
         evo.load_state_dict(bad)
     assert same(snapshot(evo), before), f"{name}: a failed load changed the engine"
+
+
+def test_state_from_before_adapt_floor_loads_with_the_old_floor():
+    """State dicts written before ``adapt_floor`` existed trained with the fixed floor 0.1."""
+    _, _, evo = engine()
+    old = snapshot(evo)
+    del old["adapt_floor"]
+    evo.adapt_floor = 0.0
+    evo.load_state_dict(old)
+    assert evo.adapt_floor == 0.1
 
 
 def test_good_state_round_trips_and_resumes_identically():
