@@ -619,8 +619,8 @@ class DynamicSparsity:
         out["global_redistribution"] = flag("'global_redistribution'", sd["global_redistribution"])
         out["adaptive"] = flag("'adaptive'", sd["adaptive"])
         # State dicts from before the option trained with the fixed floor.
-        out["adapt_floor"] = _check_floor(sd.get("adapt_floor", ADAPT_FLOOR), "DynamicSparsity state_dict['adapt_floor']")
-        floor = out["adapt_floor"]
+        floor = _check_floor(sd.get("adapt_floor", ADAPT_FLOOR), "DynamicSparsity state_dict['adapt_floor']")
+        out["adapt_floor"] = floor
         if isinstance(sd["seed"], bool) or not isinstance(sd["seed"], int):
             raise bad("'seed'", f"must be an int; got {sd['seed']!r}")
         out["seed"] = sd["seed"]
