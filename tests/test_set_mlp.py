@@ -597,6 +597,31 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     assert s.parse_name("evolutionary-gradient-b8-f0.25-s1") == ("evolutionary-gradient-b8", 0.25, 1)
 
 
+def test_summarize_compares_train_fractions_at_equal_optimizer_steps(tmp_path):
+    """Epoch 500 of a 0.1-fraction run and epoch 200 of a 0.25 one take the steps of 50
+    full-data epochs: they sit beside the full-data runs' epoch 50 (not 100, not their last)."""
+    s = _load_summarize()
+    records = {
+        "dense-s0": _fake_record([0.5] * 49 + [0.61] + [0.7] * 10, 200),
+        "set-b8-s0": _fake_record([0.4] * 49 + [0.57], 200),
+        "dense-f0.1-s0": _fake_record([0.3] * 499 + [0.42] + [0.9] * 3, 1000),
+        "set-b8-f0.25-s0": _fake_record([0.3] * 199 + [0.51], 400),
+        "static-b8-s0": _fake_record([0.2] * 60, 200),  # no train-fraction run: left out
+    }
+    records["dense-f0.1-s0"]["epochs"][499]["generalization_gap"] = 0.25
+    found = s.at_equal_steps(records, 50)
+    assert {f: {c: e["epoch"] for c, e in g.items()} for f, g in found.items()} == {
+        1.0: {"dense": 50, "set-b8": 50},
+        0.1: {"dense": 500},
+        0.25: {"set-b8": 200},
+    }
+    assert s.at_equal_steps(records, 100) == {}  # no run reached the steps of 100 epochs
+    text = s.summary_markdown(records)
+    assert "| 0.1 | 42.00 (gap 25.00) | - |" in text and "| 1 | 61.00 (gap 10.00) | 57.00 (gap 10.00) |" in text
+    assert s.plot_train_fraction(records, tmp_path / "tf.png") and (tmp_path / "tf.png").stat().st_size > 1000
+    assert not s.plot_train_fraction({"dense-s0": records["dense-s0"]}, tmp_path / "none.png")
+
+
 def test_summarize_established_churn_leaves_out_reverted_growth():
     s = _load_summarize()
     record = _fake_record([0.1] * 3, 200)

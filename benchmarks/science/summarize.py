@@ -102,6 +102,32 @@ def acc_at(record: dict, epoch: int) -> float | None:
     return None
 
 
+def entry_at(record: dict, epoch: int) -> dict | None:
+    """The evaluated epoch entry ``epoch`` of ``record`` (None if not run or not evaluated)."""
+    return next((e for e in evaluated(record) if e["epoch"] == epoch), None)
+
+
+# Train-fraction runs are compared at equal optimizer steps: epoch e of a run on a fraction f of
+# the training set takes as many steps as epoch e·f of a full-data run.
+STEP_EQUIVALENTS = (50, 100)
+
+
+def at_equal_steps(records: dict[str, dict], equivalent: int) -> dict[float, dict[str, dict]]:
+    """fraction -> config -> the evaluated epoch entry after as many steps as ``equivalent``
+    full-data epochs (seed 0; full-data runs as fraction 1.0), for the configurations that have a
+    train-fraction run."""
+    configs = {parse_name(n)[0] for n in records if parse_name(n)[1] < 1.0}
+    out: dict[float, dict[str, dict]] = {}
+    for name, r in records.items():
+        config, fraction, seed = parse_name(name)
+        if config not in configs or seed != 0:
+            continue
+        entry = entry_at(r, round(equivalent / fraction))
+        if entry is not None:
+            out.setdefault(fraction, {})[config] = entry
+    return out
+
+
 def first_reaching(record: dict, threshold: float) -> tuple[int, float] | None:
     """(epoch, training wall-clock s) of the first epoch whose test accuracy is >= threshold %."""
     for e in evaluated(record):
@@ -339,7 +365,8 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
         "of the structure that persists. Ever active: share of each layer's grid cells active at some point",
         "so far (mean over the sparse layers). SET's churn is ζ = 0.3 at every update by construction",
         "(constant schedule, no adaptation); the evolutionary methods' adaptive rate has a floor of 0.1·ζ",
-        "per layer (at least 3 % churn), so their churn cannot fall below 1 % in this configuration.",
+        "per layer by default (at least 3 % churn), so their churn cannot fall below 1 % in that",
+        "configuration; runs named `-floor0` use `--adapt-floor 0` (down to one block per layer and update).",
     ]
 
     lines += ["", "## Fewer training samples (--train-fraction; epochs × fraction = 100 full-data epochs)", ""]
@@ -354,6 +381,21 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
         lines += table(["run", "epochs", "test acc % (last)", "best %", "gap (train_eval − test, points)"], rows)
     else:
         lines += ["No train-fraction run has a record yet."]
+    for equivalent in STEP_EQUIVALENTS:
+        found = at_equal_steps(records, equivalent)
+        if not any(f < 1.0 for f in found):
+            continue
+        lines += ["", f"At equal optimizer steps: as many as {equivalent} full-data epochs (epoch {equivalent}/f):", ""]
+        configs = sorted({c for g in found.values() for c in g})
+        rows = []
+        for fraction in sorted(found, reverse=True):
+            row = [f"{fraction:g}"]
+            for c in configs:
+                e = found[fraction].get(c)
+                gap = e.get("generalization_gap") if e else None
+                row.append(f"{100 * e['test_acc']:.2f} (gap {fmt(100 * gap, 2) if gap is not None else '-'})" if e else "-")
+            rows.append(row)
+        lines += table(["fraction", *[f"{c}: test % (gap)" for c in configs]], rows)
     lines += [
         "",
         "## Generalisation gap of the full-data runs (points, last epoch done)",
@@ -485,34 +527,31 @@ def plot_churn(records: dict[str, dict], path: Path) -> bool:
 
 
 def plot_train_fraction(records: dict[str, dict], path: Path) -> bool:
-    """Bars of test accuracy per training fraction: fractional runs at their last epoch done,
-    full-data runs of the same configurations at epoch 100 (the same number of steps)."""
-    configs_with_fractions = {parse_name(n)[0] for n in records if parse_name(n)[1] < 1.0}
-    groups: dict[float, dict[str, float]] = {}
-    for name, r in records.items():
-        config, fraction, seed = parse_name(name)
-        if not r["epochs"] or config not in configs_with_fractions or seed != 0:
-            continue
-        last = last_evaluated(r)
-        acc = (100 * last["test_acc"] if last else None) if fraction < 1.0 else acc_at(r, 100)
-        if acc is not None:
-            groups.setdefault(fraction, {})[config] = acc
-    if not any(f < 1.0 for f in groups):
+    """Bars per training fraction at equal optimizer steps (one column per step equivalent any
+    train-fraction run has reached): test accuracy (top) and generalisation gap (bottom)."""
+    panels = [(eq, at_equal_steps(records, eq)) for eq in STEP_EQUIVALENTS]
+    panels = [(eq, groups) for eq, groups in panels if any(f < 1.0 for f in groups)]
+    if not panels:
         return False
     plt = _pyplot()
-    configs = sorted({c for g in groups.values() for c in g})
-    fractions = sorted(groups)
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    width = 0.8 / max(1, len(configs))
-    for i, c in enumerate(configs):
-        xs = [j + i * width for j, f in enumerate(fractions) if c in groups[f]]
-        ys = [groups[f][c] for f in fractions if c in groups[f]]
-        ax.bar(xs, ys, width, label=c)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(fractions))], [f"{f:g}" for f in fractions])
-    ax.set_xlabel("fraction of the training set (last epoch done; partial runs included)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 7), constrained_layout=True, squeeze=False)
+    for col, (equivalent, groups) in enumerate(panels):
+        configs = sorted({c for g in groups.values() for c in g})
+        fractions = sorted(groups)
+        width = 0.8 / max(1, len(configs))
+        for row, (key, label) in enumerate((("test_acc", "test accuracy (%)"), ("generalization_gap", "gap (points)"))):
+            ax = axes[row][col]
+            for i, c in enumerate(configs):
+                pts = [(j + i * width, 100 * groups[f][c][key]) for j, f in enumerate(fractions)
+                       if c in groups[f] and groups[f][c].get(key) is not None]  # fmt: skip
+                if pts:
+                    ax.bar([x for x, _ in pts], [y for _, y in pts], width, label=c)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(fractions))], [f"{f:g}" for f in fractions])
+            ax.set_xlabel(f"fraction of the training set (steps of {equivalent} full-data epochs)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, axis="y")
+            if row == 0:
+                ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
