@@ -392,8 +392,11 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
             row = [f"{fraction:g}"]
             for c in configs:
                 e = found[fraction].get(c)
-                gap = e.get("generalization_gap") if e else None
-                row.append(f"{100 * e['test_acc']:.2f} (gap {fmt(100 * gap, 2) if gap is not None else '-'})" if e else "-")
+                if e is None:
+                    row.append("-")
+                    continue
+                gap = e.get("generalization_gap")
+                row.append(f"{100 * e['test_acc']:.2f} (gap {fmt(100 * gap, 2) if gap is not None else '-'})")
             rows.append(row)
         lines += table(["fraction", *[f"{c}: test % (gap)" for c in configs]], rows)
     lines += [
