@@ -58,10 +58,10 @@ COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
 # Options of the SET MLP, its data pipeline and the sample-efficiency runs (issue 15).
 RESUME_KEYS += (
     "hidden", "activation", "dropout", "augment", "er_epsilon", "update_unit", "train_fraction", "subset_seed",
-    "eval_train", "nesterov", "initial_topology", "adapt_floor",
+    "eval_train", "nesterov", "initial_topology", "adapt_floor", "grace_updates",
 )  # fmt: skip
 # Options added after checkpoints existed: a checkpoint without the key trained with this value.
-OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude", "adapt_floor": DEFAULT_ADAPT_FLOOR}
+OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude", "adapt_floor": DEFAULT_ADAPT_FLOOR, "grace_updates": None}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ADAPT_FLOOR,
         help="smallest adaptive multiplier of the swap count (evolutionary methods; in [0, 1]): a settled "
         "structure still swaps this share of the scheduled blocks; 0 lets it fall to one block per layer",
+    )
+    g.add_argument(
+        "--grace-updates",
+        type=int,
+        default=None,
+        help="updates during which a grown block is pruned only if nothing else is left (default: the "
+        "method's own, 0 for set/rigl, 1 for the evolutionary methods)",
     )
     g.add_argument(
         "--backend",
@@ -267,6 +274,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         (0.0 < args.update_fraction < 1.0, f"--update-fraction must be in (0, 1); got {args.update_fraction}"),
         (0.0 <= args.stop_after <= 1.0, f"--stop-after must be in [0, 1]; got {args.stop_after}"),
         (0.0 <= args.adapt_floor <= 1.0, f"--adapt-floor must be in [0, 1]; got {args.adapt_floor}"),
+        (
+            args.grace_updates is None or args.grace_updates >= 0,
+            f"--grace-updates must be >= 0; got {args.grace_updates}",
+        ),
         (args.lr > 0, f"--lr must be positive; got {args.lr}"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0; got {args.weight_decay}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0; got {args.warmup_epochs}"),
@@ -468,6 +479,8 @@ def build_engine(
         stop_after=args.stop_after * total_steps,
         adapt_floor=args.adapt_floor,
         seed=args.seed,
+        # The method's own default unless given (evolutionary: 1, set/rigl: 0).
+        **({} if args.grace_updates is None else {"grace_updates": args.grace_updates}),
     )
 
 

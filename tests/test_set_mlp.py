@@ -720,3 +720,17 @@ def test_cli_adapt_floor_reaches_the_engine_and_old_checkpoints_resume_with_0_1(
     with pytest.raises(SystemExit, match="adapt-floor"):
         train.main([*argv, *resume, "--adapt-floor", "0"])
     assert train.main([*argv, *resume]) == 0
+
+
+def test_cli_grace_updates_reaches_set(tmp_path):
+    """--grace-updates 1: SET's second update prunes no block grown at the first (reverted 0);
+    the default leaves each method's own grace (SET 0) and checkpoints without the key resume."""
+    argv = [*SMALL, *SET_UPDATES, "--epochs", "3", "--checkpoint-every", "1"]
+    assert train.main([*argv, "--grace-updates", "1", "--out", str(tmp_path / "g")]) == 0
+    record = read_record(tmp_path / "g")
+    assert record["config"]["grace_updates"] == 1
+    updates = record["structure_history"]
+    assert len(updates) >= 2 and all(r["layers"][n]["reverted"] == 0 for r in updates for n in r["layers"])
+    assert any(r["layers"][n]["changed"] > 0 for r in updates[1:] for n in r["layers"])
+    with pytest.raises(SystemExit):
+        train.parse_args([*argv, "--grace-updates", "-1"])

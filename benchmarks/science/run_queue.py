@@ -111,6 +111,9 @@ def _runs() -> dict[str, dict]:
     # one block per layer, so the structure can settle below 1 % churn if the method lets it.
     floor0 = sparse("evolutionary-gradient", 8) + ["--adapt-floor", "0", "--seed", "0"]
     runs["evolutionary-gradient-b8-floor0-s0"] = {"args": floor0, "epochs": 200}
+    # SET at block 8 with the evolutionary methods' grace period (a grown block is not pruned at
+    # the next update): does the grace alone lift SET off its frozen core?
+    runs["set-b8-grace1-s0"] = {"args": sparse("set", 8) + ["--grace-updates", "1", "--seed", "0"], "epochs": 200}
     # Fewer training samples: a fixed class-balanced subset, epochs scaled by 1/f so the
     # optimizer takes as many steps as 100 full-data epochs (paused at 50 first), updates every 1/f epochs so the
     # topology changes as often per step as in the full-data runs, and evaluations every 1/f
@@ -171,6 +174,7 @@ PLAN: list[tuple[str, int]] = [
     ("set-b32-s0", 200),
     # Claim (d) without our floor on the adaptive swap rate: can the structure freeze?
     ("evolutionary-gradient-b8-floor0-s0", 100),
+    ("set-b8-grace1-s0", 100),
     # Claim (c): first at as many steps as 50 full-data epochs (dense's run there), then 100.
     *[(f"{m}-f{f}-s0", RUNS[f"{m}-f{f}-s0"]["epochs"] // 2) for f in (0.1, 0.25) for m in
       ("dense", "set-b8", "evolutionary-gradient-b8", "evolutionary-b8")],
@@ -186,6 +190,7 @@ PLAN: list[tuple[str, int]] = [
     # SET curve the 8x8 blocks cost.
     ("set-b4-s0", 100),
     ("evolutionary-gradient-b8-floor0-s0", 200),
+    ("set-b8-grace1-s0", 200),
     ("dense-s0", 100),
     ("dense-s1", 100),
     ("dense-s0", 200),

@@ -119,6 +119,13 @@ class GrowthPruneMethod:
         before the update (old slot order)."""
 
 
+def check_grace_updates(value: object) -> int:
+    """A method's ``grace_updates`` option: an int >= 0 (``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"grace_updates must be an int >= 0 (updates a grown block is protected); got {value!r}")
+    return value
+
+
 _REGISTRY: dict[str, type[GrowthPruneMethod]] = {}
 
 

@@ -70,6 +70,7 @@ from sparsekernels.dst.base import (
     GrowthPruneMethod,
     LayerState,
     block_norms,
+    check_grace_updates,
     dense_block_norms,
     register_method,
     slots_to_grid,
@@ -95,10 +96,8 @@ class _EvolutionaryBase(GrowthPruneMethod):
             or not 0.0 <= fitness_decay < 1.0
         ):
             raise ValueError(f"fitness_decay must be a float in [0, 1) or None; got {fitness_decay!r}")
-        if isinstance(grace_updates, bool) or not isinstance(grace_updates, int) or grace_updates < 0:
-            raise ValueError(f"grace_updates must be an int >= 0; got {grace_updates!r}")
         self.explore = float(explore)
-        self.grace_updates = grace_updates
+        self.grace_updates = check_grace_updates(grace_updates)
         self.fitness_decay = fitness_decay
         self.decay = 0.0 if fitness_decay is None else float(fitness_decay)
 

@@ -321,6 +321,27 @@ def test_adapt_floor_zero_lets_the_swap_count_fall_to_one_block():
             DynamicSparsity(model, opt, method="test-prune-newest", adapt_floor=bad)
 
 
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_grace_updates_stops_set_and_rigl_from_pruning_last_updates_growth(method):
+    """lr 0: grown blocks stay at zero, the smallest norms. Without grace, the second update
+    prunes exactly the blocks the first one grew (every prune reverted); with
+    ``grace_updates=1`` it prunes established blocks (none reverted)."""
+    reverted = {}
+    for grace in (0, 1):
+        torch.manual_seed(0)
+        model, _ = _single_layer(random_block_mask(8, 8, 0.25))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        evo = DynamicSparsity(model, opt, method=method, update_every=1, fraction=0.25, grace_updates=grace)
+        for _ in range(2):
+            model(torch.randn(2, 32)).sum().backward()
+            evo.step()
+        assert evo.method.grace_updates == grace
+        reverted[grace] = [(r["layers"]["0"]["changed"], r["layers"]["0"]["reverted"]) for r in evo.history]
+    assert reverted == {0: [(4, 0), (4, 4)], 1: [(4, 0), (4, 0)]}
+    with pytest.raises(ValueError, match="grace_updates must be an int >= 0"):
+        DynamicSparsity(model, opt, method=method, grace_updates=-1)
+
+
 # ----------------------------------------------------------------------------- schedules
 @pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
 def test_schedules_match_formulas(name):
