@@ -457,6 +457,8 @@ def build_engine(
     ``--update-unit epoch``, ``--update-every`` counts epochs of ``steps_per_epoch`` steps.
     """
     if args.method == "static" or args.density >= 1.0:
+        if args.method == "static" and args.density < 1.0 and _engine_options_given(args):
+            warn("--adapt-floor/--grace-updates have no effect with --method static (the topology never changes)")
         return None
     stop = math.floor(args.stop_after * total_steps)
     if stop < args.update_every:
@@ -469,7 +471,7 @@ def build_engine(
         return None
     from sparsekernels.dst import DynamicSparsity
 
-    return DynamicSparsity(
+    engine = DynamicSparsity(
         model,
         optimizer,
         method=args.method,
@@ -482,6 +484,13 @@ def build_engine(
         # The method's own default unless given (evolutionary: 1, set/rigl: 0).
         **({} if args.grace_updates is None else {"grace_updates": args.grace_updates}),
     )
+    if not engine.adaptive and args.adapt_floor != DEFAULT_ADAPT_FLOOR:
+        warn(f"--adapt-floor has no effect with --method {args.method}: its swap count is not adaptive")
+    return engine
+
+
+def _engine_options_given(args: argparse.Namespace) -> bool:
+    return args.grace_updates is not None or args.adapt_floor != DEFAULT_ADAPT_FLOOR
 
 
 def update_every_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:

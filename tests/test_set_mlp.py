@@ -734,3 +734,14 @@ def test_cli_grace_updates_reaches_set(tmp_path):
     assert any(r["layers"][n]["changed"] > 0 for r in updates[1:] for n in r["layers"])
     with pytest.raises(SystemExit):
         train.parse_args([*argv, "--grace-updates", "-1"])
+
+
+def test_cli_warns_when_adapt_floor_or_grace_has_no_effect(tmp_path, capsys):
+    static = [a if a != "set" else "static" for a in SET_UPDATES]
+    argv = [*SMALL, "--epochs", "1", "--out", str(tmp_path / "x")]
+    assert train.main([*argv, *static, "--grace-updates", "1"]) == 0
+    assert "--adapt-floor/--grace-updates have no effect with --method static" in capsys.readouterr().err
+    assert train.main([*argv, *SET_UPDATES, "--adapt-floor", "0"]) == 0
+    assert "--adapt-floor has no effect with --method set" in capsys.readouterr().err
+    assert train.main([*argv, *SET_UPDATES]) == 0
+    assert "no effect" not in capsys.readouterr().err
