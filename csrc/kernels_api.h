@@ -29,7 +29,8 @@ struct Layout {
 };
 
 // Y[b] = S @ B[b] (or S^T @ B[b]); B: [batch, inner, P] with unit column stride,
-// Y: contiguous [batch, rows, P]. Task = (batch, output block-row, column panel).
+// Y: contiguous [batch, rows, P]. Task = (batch, column panel, output block-row), the
+// block-row fastest.
 struct DsdArgs {
   Layout L;
   const float* values;  // [nnz, bm, bn] contiguous
@@ -38,10 +39,11 @@ struct DsdArgs {
   int64_t batch, P, panel;
   float* out;
   bool transpose;
+  bool pack_b;  // copy each panel of B into contiguous scratch first (rows far apart)
 };
 
 // Y = A @ S (or A @ S^T); A: [P, inner] with any strides, Y: contiguous [P, cols].
-// Task = (output block-column, chunk of `row_chunk` rows of Y).
+// Task = (chunk of `row_chunk` rows of Y, output block-column), the block-column fastest.
 struct DdsArgs {
   Layout L;
   const float* values;    // [nnz, bm, bn]: the blocks read as they are (not transposed)

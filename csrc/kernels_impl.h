@@ -282,10 +282,14 @@ SK_INLINE i64 row_seg_bytes(i64 max_seg) { return (max_seg * (MR + 1) + 1) * (i6
 // B table [nseg].
 SK_INLINE i64 dsd_tiles(i64 h) { return h / MR + 2; }
 
+SK_INLINE i64 dsd_inner(const sk::DsdArgs& p) { return p.transpose ? p.L.R * p.L.bm : p.L.C * p.L.bn; }
+
 int64_t dsd_scratch(const sk::DsdArgs& p) {
   const i64 max_seg = p.transpose ? p.L.max_col : p.L.max_row;
   const i64 h = p.transpose ? p.L.bn : p.L.bm;
-  return (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
+  const i64 tables = (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
+  const i64 packed = p.pack_b ? dsd_inner(p) * p.panel * (i64)sizeof(float) : 0;
+  return tables + packed + 64;
 }
 
 // Output rows of block-row `br` of Y are S rows (or S^T rows) br*h .. br*h + h; segments =
@@ -293,6 +297,14 @@ int64_t dsd_scratch(const sk::DsdArgs& p) {
 // the B rows of one column tile (nseg x kc x 16 floats) stay in L1 while all h rows use
 // them. (Measured: no gain at P = 256, +30% at P = 1024 over row tile outer; copying the
 // B slabs into contiguous scratch first gained nothing.)
+//
+// Task = (batch, panel, block-row) with the block-row fastest: consecutive tasks read the
+// same panel of B (inner x panel floats), which stays in L2 across every block-row that
+// reads it. With the block-row outermost, each block-row streamed its slabs of all P
+// columns from memory, and throughput fell 3-5x from P = 256 to P = 8192. With p.pack_b,
+// the panel is first copied into contiguous scratch ([inner, ncols], once per panel): rows
+// of a wide B lie on different pages, and reading one B row per reduction step then misses
+// the first-level TLB at every step.
 void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const i64 out_blocks = p.transpose ? L.C : L.R;
@@ -304,11 +316,25 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const float** a_tab = static_cast<const float**>(scratch);  // [tiles][max_seg][MR]
   const float** b_tab = a_tab + dsd_tiles(h) * max_seg * MR;
   const i64 blk = L.bm * L.bn;
+  // The packed panel, after the pointer tables (64-byte aligned).
+  const i64 tables = (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
+  float* packed = reinterpret_cast<float*>((reinterpret_cast<unsigned long long>(scratch) + tables + 63) & ~63ull);
+  const i64 inner_rows = dsd_inner(p);
+  i64 packed_id = -1;
 
   for (i64 task = begin; task < end; ++task) {
-    const i64 pn = task % panels, br = (task / panels) % out_blocks, bi = task / (panels * out_blocks);
+    const i64 br = task % out_blocks, pn = (task / out_blocks) % panels, bi = task / (panels * out_blocks);
     const i64 col0 = pn * p.panel, ncols = imin(p.panel, p.P - col0);
     const float* b = p.b + bi * p.b_batch_stride + col0;
+    i64 ldb = p.ldb;
+    if (p.pack_b) {
+      if (packed_id != task / out_blocks) {
+        packed_id = task / out_blocks;
+        for (i64 r = 0; r < inner_rows; ++r) __builtin_memcpy(packed + r * ncols, b + r * p.ldb, ncols * sizeof(float));
+      }
+      b = packed;
+      ldb = ncols;
+    }
     float* out = p.out + (bi * rows + br * h) * p.P + col0;
     i64 lo, hi;
     if (p.transpose) {
@@ -322,7 +348,7 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
       // elements stride bn); B rows come from the block's row in S.
       const i64 j = p.transpose ? L.block_indices_t[lo + s] : lo + s;
       const i64 inner = p.transpose ? L.row_indices_t[lo + s] : L.col_indices[j];
-      b_tab[s] = b + inner * kc * p.ldb;
+      b_tab[s] = b + inner * kc * ldb;
     }
     i64 ntiles = 0;
     for (i64 i0 = 0, m; i0 < h; i0 += m, ++ntiles) {
@@ -339,7 +365,7 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
       i64 t = 0;
       for (i64 i0 = 0, m; i0 < h; i0 += m, ++t) {
         m = rows_next(i0, h);
-        const RowSegs segs{a_tab + t * max_seg * MR, b_tab, nseg, kc, p.transpose ? L.bn : 1, p.ldb};
+        const RowSegs segs{a_tab + t * max_seg * MR, b_tab, nseg, kc, p.transpose ? L.bn : 1, ldb};
         gemm_rows((int)m, nc, segs, c0, out + i0 * p.P + c0, p.P, false);
       }
     }
@@ -350,20 +376,23 @@ int64_t dds_scratch(const sk::DdsArgs& p) { return row_seg_bytes(p.transpose ? p
 
 // Output block-column `bc` of Y (width w) gathers the blocks of one column of S (or one row
 // of S for S^T). A rows are rows of the dense operand, offset to the block's inner range.
+// Task = (row chunk, block-column) with the block-column fastest: consecutive tasks read the
+// same row_chunk rows of A, which stay in cache across every block-column; with the
+// block-column outermost each one re-read its slabs of all P rows from memory (throughput
+// fell 3-5x from P = 128 to P = 8192).
 void dds(const sk::DdsArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const i64 out_blocks = p.transpose ? L.R : L.C;
   const i64 w = p.transpose ? L.bm : L.bn;   // output columns per block-column
   const i64 kc = p.transpose ? L.bn : L.bm;  // reduction length per block
   const i64 ldy = out_blocks * w;
-  const i64 chunks = cdiv(p.P, p.row_chunk);
   const float** a_tab = static_cast<const float**>(scratch);
   const i64 max_seg = p.transpose ? L.max_row : L.max_col;
   const float** b_tab = a_tab + max_seg * MR;
   const i64 blk = L.bm * L.bn;
 
   for (i64 task = begin; task < end; ++task) {
-    const i64 ch = task % chunks, bc = task / chunks;
+    const i64 bc = task % out_blocks, ch = task / out_blocks;
     const i64 r0 = ch * p.row_chunk, r1 = imin(p.P, r0 + p.row_chunk);
     i64 lo, hi;
     if (p.transpose) {
@@ -389,16 +418,21 @@ void dds(const sk::DdsArgs& p, int64_t begin, int64_t end, void* scratch) {
   }
 }
 
-// Columns of B per K chunk: the packed chunk (KC x bn) stays in L1/L2 for all blocks of a column.
+// Reduction steps per K chunk: the packed B panel (kSddKC x bn) stays in L1/L2 for all blocks
+// of a column.
 constexpr i64 kSddKC = 256;
 
 int64_t sdd_scratch(const sk::SddArgs& p) { return kSddKC * p.L.bn * (i64)sizeof(float); }
 
-// Tasks are entries of the transposed traversal (blocks grouped by block-column). For each
-// run of blocks of one column c and each K chunk, B[k0:k0+kc, c*bn:(c+1)*bn] is packed once
-// into a contiguous [kc, bn] panel (B may have any strides: a column-major B is common in
-// backward passes), then every block of the run accumulates A[rows of its block-row, chunk]
-// @ panel into its output. Chunks run in order, so each block's sum has a fixed order.
+// Tasks are entries of the transposed traversal (blocks grouped by block-column). The loop
+// runs K-chunk outer, block inner: for each chunk of kSddKC reduction steps and each column
+// c of the task's blocks, B[k0:k0+kc, c*bn:(c+1)*bn] is packed once into a contiguous
+// [kc, bn] panel (B may have any strides: a column-major B is common in backward passes),
+// then every block of column c accumulates A[rows of its block-row, chunk] @ panel into its
+// output. The chunk of A (M x kc) is then shared by every block of its rows; with the chunk
+// loop inside each column, every column re-read its block-rows' slabs of all K from memory
+// (throughput fell 2-3x from K = 128 to K = 8192). Each block sums its chunks in order, so
+// results do not depend on how blocks are split into tasks.
 void sdd(const sk::SddArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const i64 bm = L.bm, bn = L.bn, blk = bm * bn;
@@ -414,11 +448,11 @@ void sdd(const sk::SddArgs& p, int64_t begin, int64_t end, void* scratch) {
     const i64 mid = (lo_c + hi_c) / 2;
     if (L.col_offsets[mid] <= begin) lo_c = mid; else hi_c = mid;
   }
-  for (i64 c = lo_c, e0 = begin; e0 < end; ++c) {
-    const i64 e1 = imin(end, (i64)L.col_offsets[c + 1]);
-    if (e1 <= e0) continue;
-    for (i64 k0 = 0; k0 < p.K; k0 += kSddKC) {
-      const i64 kc = imin(kSddKC, p.K - k0);
+  for (i64 k0 = 0; k0 < p.K; k0 += kSddKC) {
+    const i64 kc = imin(kSddKC, p.K - k0);
+    for (i64 c = lo_c, e0 = begin; e0 < end; ++c) {
+      const i64 e1 = imin(end, (i64)L.col_offsets[c + 1]);
+      if (e1 <= e0) continue;
       const float* src = p.b + k0 * p.ldb + c * bn * p.b_cs;
       for (i64 k = 0; k < kc; ++k)
         for (i64 q = 0; q < bn; ++q) panel[k * bn + q] = src[k * p.ldb + q * p.b_cs];
@@ -432,8 +466,8 @@ void sdd(const sk::SddArgs& p, int64_t begin, int64_t end, void* scratch) {
           gemm_strided((int)m, bn, segs, i0 * p.lda, 0, out + i0 * bn, bn, k0 > 0);
         }
       }
+      e0 = e1;
     }
-    e0 = e1;
   }
 }
 

@@ -271,6 +271,36 @@ def test_threads_give_identical_results(cpu, threads):
 
 
 @needs_native
+@pytest.mark.parametrize("transpose", [False, True])
+def test_wide_dense_operands_take_the_cache_blocked_paths(transpose, cpu, threads):
+    """dsd with B rows >= 4 KB apart (P = 1100 of a 1300-wide buffer: each 64-column panel is
+    packed into scratch first, the last one 12 wide) equals, bitwise, the same product cut
+    into 64-column slices (no packing), and float64; dds over many row chunks and sdd over
+    several K chunks match float64; all bitwise equal with 1 and 2 threads."""
+    layout = _layout((96, 128), (16, 32), 0.4)
+    values = torch.randn(layout.values_shape())
+    M, N = layout.shape
+    inner = M if transpose else N
+    b = torch.randn(2, inner, 1300)[:, :, :1100]  # unit column stride, rows 1300 floats apart
+    torch.set_num_threads(1)
+    y = nb.dsd(values, layout, b, transpose)
+    slices = torch.cat([nb.dsd(values, layout, b[:, :, c : c + 64].contiguous(), transpose)
+                        for c in range(0, 1100, 64)], dim=2)  # fmt: skip
+    assert torch.equal(y, slices)
+    assert_close(y, ref.dsd(values.to(F64), layout, b.to(F64), transpose))
+    a = torch.randn(1000, N if transpose else M)
+    z = nb.dds(a, values, layout, transpose)
+    assert_close(z, ref.dds(a.to(F64), values.to(F64), layout, transpose))
+    ka, kb = torch.randn(M, 900), torch.randn(900, N)
+    v = nb.sdd(ka, kb, layout)
+    assert_close(v, ref.sdd(ka.to(F64), kb.to(F64), layout))
+    torch.set_num_threads(2)
+    assert torch.equal(y, nb.dsd(values, layout, b, transpose))
+    assert torch.equal(z, nb.dds(a, values, layout, transpose))
+    assert torch.equal(v, nb.sdd(ka, kb, layout))
+
+
+@needs_native
 def test_large_outputs_streamed(cpu, threads):
     """Forward and input-gradient outputs of 8 MB (beyond any per-core L2: written with
     non-temporal stores), and the weight gradient of the same problem: against float64, and
