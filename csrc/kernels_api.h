@@ -29,8 +29,8 @@ struct Layout {
 };
 
 // Y[b] = S @ B[b] (or S^T @ B[b]); B: [batch, inner, P] with unit column stride,
-// Y: contiguous [batch, rows, P]. Task = (batch, column panel, output block-row), the
-// block-row fastest.
+// Y: contiguous [batch, rows, P]. Task = (batch, output block-row, column panel), or with
+// panel_outer (wide B) (batch, column panel, output block-row).
 struct DsdArgs {
   Layout L;
   const float* values;  // [nnz, bm, bn] contiguous
@@ -39,7 +39,8 @@ struct DsdArgs {
   int64_t batch, P, panel;
   float* out;
   bool transpose;
-  bool pack_b;  // copy each panel of B into contiguous scratch first (rows far apart)
+  bool panel_outer;  // block-row fastest: each panel of B is shared by consecutive tasks
+  bool pack_b;       // (panel_outer only) copy each panel of B into contiguous scratch first
 };
 
 // Y = A @ S (or A @ S^T); A: [P, inner] with any strides, Y: contiguous [P, cols].

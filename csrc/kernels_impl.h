@@ -298,10 +298,12 @@ int64_t dsd_scratch(const sk::DsdArgs& p) {
 // them. (Measured: no gain at P = 256, +30% at P = 1024 over row tile outer; copying the
 // B slabs into contiguous scratch first gained nothing.)
 //
-// Task = (batch, panel, block-row) with the block-row fastest: consecutive tasks read the
-// same panel of B (inner x panel floats), which stays in L2 across every block-row that
-// reads it. With the block-row outermost, each block-row streamed its slabs of all P
-// columns from memory, and throughput fell 3-5x from P = 256 to P = 8192. With p.pack_b,
+// Wide B (p.panel_outer): task = (batch, panel, block-row) with the block-row fastest, so
+// consecutive tasks read the same panel of B (inner x panel floats), which stays in L2
+// across every block-row that reads it. With the block-row outermost, each block-row streams
+// its slabs of all P columns from memory (throughput fell 3-5x from P = 256 to P = 8192);
+// for narrow B that order is kept (the block-row's values stay in L1 across its panels:
+// 5-10 % faster at P <= 512). With p.pack_b,
 // the panel is first copied into contiguous scratch ([inner, ncols], once per panel): rows
 // of a wide B lie on different pages, and reading one B row per reduction step then misses
 // the first-level TLB at every step.
@@ -323,13 +325,15 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
   i64 packed_id = -1;
 
   for (i64 task = begin; task < end; ++task) {
-    const i64 br = task % out_blocks, pn = (task / out_blocks) % panels, bi = task / (panels * out_blocks);
+    const i64 bi = task / (panels * out_blocks), within = task % (panels * out_blocks);
+    const i64 br = p.panel_outer ? within % out_blocks : within / panels;
+    const i64 pn = p.panel_outer ? within / out_blocks : within % panels;
     const i64 col0 = pn * p.panel, ncols = imin(p.panel, p.P - col0);
     const float* b = p.b + bi * p.b_batch_stride + col0;
     i64 ldb = p.ldb;
     if (p.pack_b) {
-      if (packed_id != task / out_blocks) {
-        packed_id = task / out_blocks;
+      if (packed_id != bi * panels + pn) {  // p.pack_b implies p.panel_outer: once per panel
+        packed_id = bi * panels + pn;
         for (i64 r = 0; r < inner_rows; ++r) __builtin_memcpy(packed + r * ncols, b + r * p.ldb, ncols * sizeof(float));
       }
       b = packed;

@@ -312,9 +312,11 @@ void dsd(const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta, 
   a.panel = std::max<int64_t>(1, std::min<int64_t>(P, 64));
   a.out = out.data_ptr<float>();
   a.transpose = transpose_sparse;
-  // Rows of B 4 KB or more apart (one page each) are packed per panel (see the kernel):
-  // measured at P = 8192, inner 4096, block 16, one thread: 31 -> 53 GFLOP/s.
-  a.pack_b = P > a.panel && a.ldb * (int64_t)sizeof(float) >= 4096;
+  // From P = 1024 the panels are the outer loop (see the kernel), and rows of B 4 KB or more
+  // apart (one page each) are packed per panel: measured at P = 8192, inner 4096, block 16,
+  // one thread, 31 -> 53 GFLOP/s.
+  a.panel_outer = P >= 1024;
+  a.pack_b = a.panel_outer && a.ldb * (int64_t)sizeof(float) >= 4096;
   const Kernels& k = kernels_for(a.panel);
   const int64_t tasks = batch * (transpose_sparse ? L.C : L.R) * cdiv(P, a.panel);
   const double work = 2.0 * L.nnz * L.bm * L.bn * P * batch;
