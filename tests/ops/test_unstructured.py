@@ -61,6 +61,23 @@ def test_small_block_ops_match_float64(M, N, P, K, density, block):
     assert_close(nb.sdd(a, b, layout), ref.sdd(a.to(F64), b.to(F64), layout))
 
 
+@pytest.mark.parametrize("block", [(1, 1), (2, 2)])
+def test_wide_operands_are_walked_in_chunks_of_p_with_the_same_bits(block):
+    """Inner dimensions above 1024 cut P into 64-wide chunks (the transposed operand's chunk
+    stays in cache): P = 300 gives four full chunks and a 44-wide tail. Each output row equals,
+    bitwise, the same product on 50-row slices of the dense operand (a single chunk each),
+    and float64."""
+    M, N, P = 1100, 1300, 300
+    layout = element_layout(M, N, 0.01, seed=3, block=block)
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(layout.values_shape(), generator=g)
+    for inner, t in ((M, False), (N, True)):
+        a = torch.randn(P, inner, generator=g)
+        y = nb.dds(a, values, layout, t)
+        assert torch.equal(y, torch.cat([nb.dds(a[p : p + 50], values, layout, t) for p in range(0, P, 50)]))
+        assert_close(y, ref.dds(a.to(F64), values.to(F64), layout, t))
+
+
 def test_strided_operands_and_empty_layout():
     """Transposed views (as autograd passes dy^T) and a layout without entries."""
     layout = element_layout(40, 70, 0.1, seed=1)
