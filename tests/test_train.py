@@ -84,6 +84,7 @@ class FakeEngine:
     """Stands in for ``sparsekernels.dst.DynamicSparsity`` with the API train.py assumes."""
 
     instances: list[FakeEngine] = []
+    adaptive = False  # read by the CLI's --adapt-floor check
 
     def __init__(self, model, optimizer, **kwargs):
         self.kwargs, self.steps, self.history = kwargs, 0, []
@@ -117,6 +118,7 @@ def test_cli_dynamic_method_drives_engine(tmp_path, monkeypatch, capsys):
         "fraction": 0.2,
         "schedule": "cosine",
         "stop_after": 1.5,  # --stop-after 0.5 of the 3 steps
+        "adapt_floor": 0.1,  # the default; --grace-updates unset leaves the method's own
         "seed": 0,
     }
     record = read_record(out)
