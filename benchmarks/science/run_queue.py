@@ -166,15 +166,16 @@ PLAN: list[tuple[str, int]] = [
     (CONV_COMPARE, 30),
     # The reproduction bar at epoch 200, and claims (a)/(b) (the published SET's 66.0 % at 200).
     ("set-b8-s0", 200),
+    # Two ablations that explain results so far: SET at block 8 with a grace period (does it lift
+    # SET off its frozen core?) and the evolutionary method without its rate floor (claim d).
+    ("set-b8-grace1-s0", 100),
+    ("evolutionary-gradient-b8-floor0-s0", 100),
     ("static-b8-s0", 200),
     ("evolutionary-gradient-b8-s0", 200),
     ("evolutionary-b8-s0", 200),
     ("rigl-b8-s0", 200),
     ("set-b16-s0", 200),
     ("set-b32-s0", 200),
-    # Claim (d) without our floor on the adaptive swap rate: can the structure freeze?
-    ("evolutionary-gradient-b8-floor0-s0", 100),
-    ("set-b8-grace1-s0", 100),
     # Claim (c): first at as many steps as 50 full-data epochs (dense's run there), then 100.
     *[(f"{m}-f{f}-s0", RUNS[f"{m}-f{f}-s0"]["epochs"] // 2) for f in (0.1, 0.25) for m in
       ("dense", "set-b8", "evolutionary-gradient-b8", "evolutionary-b8")],
