@@ -118,6 +118,7 @@ def _native_extension() -> dict:
         extra_compile_args={"cxx": ["-O3", "-g0", "-Wno-psabi", *_openmp_flags()]},
         extra_link_args=_openmp_flags(),
         depends=[
+            "csrc/isa.h",
             "csrc/kernels_api.h",
             "csrc/kernels_impl.h",
             "csrc/pointwise_impl.h",

@@ -32,6 +32,7 @@
 #include <string>
 #include <thread>
 
+#include "isa.h"
 #include "kernels_api.h"
 #include "unstructured.h"
 
@@ -337,7 +338,7 @@ void dds(const at::Tensor& a_in, const at::Tensor& values, at::TensorList layout
   check_out(out, {P, cols});
   if (L.bm * L.bn <= kSmallBlock) {  // element sparsity and tiny blocks: unstructured.cpp
     if (P > 0) {
-      unstructured_dds(L, v.data_ptr<float>(), a_in, transpose_sparse, out, &kernels() != &kernels_baseline);
+      unstructured_dds(L, v.data_ptr<float>(), a_in, transpose_sparse, out, simd_enabled());
     }
     return;
   }
@@ -377,7 +378,7 @@ void sdd(const at::Tensor& a_in, const at::Tensor& b_in, at::TensorList layout, 
                     " and ", b_in.sizes());
   check_out(out, {L.nnz, L.bm, L.bn});
   if (L.bm * L.bn <= kSmallBlock) {  // element sparsity and tiny blocks: unstructured.cpp
-    unstructured_sdd(L, a_in, b_in, out, &kernels() != &kernels_baseline);
+    unstructured_sdd(L, a_in, b_in, out, simd_enabled());
     return;
   }
   // Both operands are read in place, whatever their strides: A one scalar at a time, B through
@@ -562,6 +563,9 @@ void conv2d_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in, at::Ten
 }
 
 }  // namespace
+
+bool simd_enabled() { return &kernels() != &kernels_baseline; }
+
 }  // namespace sk
 
 TORCH_LIBRARY(sparsekernels_native, m) {

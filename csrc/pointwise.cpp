@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "isa.h"
+
 #define SK_POINTWISE_NS sk_pointwise_baseline
 #include "pointwise_impl.h"
 #undef SK_POINTWISE_NS
@@ -50,16 +52,12 @@ constexpr int64_t kParallelElements = 1 << 16;
 constexpr int64_t kColumns = 64;
 constexpr int64_t kRowChunk = 64;
 
-// AVX2 copies of the loops where the CPU has AVX2, unless SPARSEKERNELS_NATIVE_ISA=baseline
-// (the cap the matmul kernels honour too). Both copies give bitwise the same results.
+// AVX2 copies of the loops whenever the matmul kernels run a SIMD table (AVX2 or AVX-512;
+// SPARSEKERNELS_NATIVE_ISA=baseline and set_isa("baseline") select the portable loops for both).
+// Both copies give bitwise the same results.
 bool use_avx2() {
 #ifdef SK_POINTWISE_HAVE_AVX2
-  static const bool value = [] {
-    const char* env = std::getenv("SPARSEKERNELS_NATIVE_ISA");
-    if (env != nullptr && std::strcmp(env, "baseline") == 0) return false;
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return value;
+  return simd_enabled();
 #else
   return false;
 #endif

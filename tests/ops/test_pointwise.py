@@ -116,6 +116,20 @@ def test_results_do_not_depend_on_the_thread_count():
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
+def test_set_isa_selects_the_pointwise_loops_too():
+    """set_isa("baseline") switches the pointwise ops to their portable loops as it does the
+    matmul kernels (same bits), and set_isa("auto") back."""
+    native = torch.ops.sparsekernels_native
+    simd = _fused_results(1)
+    try:
+        native.set_isa("baseline")
+        assert native.pointwise_isa() == "baseline"
+        assert all(torch.equal(a, b) for a, b in zip(simd, _fused_results(1)))
+    finally:
+        native.set_isa("auto")
+    assert native.pointwise_isa() == ("baseline" if native.isa() == "baseline" else "avx2")
+
+
 def test_baseline_and_avx2_copies_agree_bitwise():
     """SPARSEKERNELS_NATIVE_ISA=baseline selects the portable loops: same bits as the AVX2 ones."""
     script = (
