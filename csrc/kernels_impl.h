@@ -296,17 +296,17 @@ int64_t dsd_scratch(const sk::DsdArgs& p) {
 // the active blocks of that block-row, in layout order. Column tile outer, row tile inner:
 // the B rows of one column tile (nseg x kc x 16 floats) stay in L1 while all h rows use
 // them. (Measured: no gain at P = 256, +30% at P = 1024 over row tile outer; copying the
-// B slabs into contiguous scratch first gained nothing.)
+// B slabs of a narrow B into contiguous scratch first gained nothing.)
 //
-// Wide B (p.panel_outer): task = (batch, panel, block-row) with the block-row fastest, so
-// consecutive tasks read the same panel of B (inner x panel floats), which stays in L2
-// across every block-row that reads it. With the block-row outermost, each block-row streams
-// its slabs of all P columns from memory (throughput fell 3-5x from P = 256 to P = 8192);
-// for narrow B that order is kept (the block-row's values stay in L1 across its panels:
-// 5-10 % faster at P <= 512). With p.pack_b,
-// the panel is first copied into contiguous scratch ([inner, ncols], once per panel): rows
-// of a wide B lie on different pages, and reading one B row per reduction step then misses
-// the first-level TLB at every step.
+// Task order. Narrow B: (batch, block-row, panel), the panel fastest (the block-row's values
+// stay in L1 across its panels: 5-10 % faster at P <= 512). Wide B (p.panel_outer): (batch,
+// panel, block-row), the block-row fastest, so consecutive tasks read the same panel of B
+// (inner x panel floats), which stays in L2 across every block-row that reads it; with the
+// block-row outermost, each block-row streamed its slabs of all P columns from memory
+// (throughput fell 3-5x from P = 256 to P = 8192). With p.pack_b the panel is first copied
+// into contiguous scratch ([inner, ncols], once per panel): rows of a wide B lie on
+// different pages, and reading one B row per reduction step then misses the first-level TLB
+// at every step.
 void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const sk::Layout& L = p.L;
   const i64 out_blocks = p.transpose ? L.C : L.R;
@@ -334,7 +334,8 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
     if (p.pack_b) {
       if (packed_id != bi * panels + pn) {  // p.pack_b implies p.panel_outer: once per panel
         packed_id = bi * panels + pn;
-        for (i64 r = 0; r < inner_rows; ++r) __builtin_memcpy(packed + r * ncols, b + r * p.ldb, ncols * sizeof(float));
+        for (i64 r = 0; r < inner_rows; ++r)
+          __builtin_memcpy(packed + r * ncols, b + r * p.ldb, ncols * sizeof(float));
       }
       b = packed;
       ldb = ncols;

@@ -284,7 +284,6 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ------------------------------------------------------------------ matmul ops
 
-
 // out[batch, rows, P] = S @ b (S^T @ b); b: [batch, inner, P].
 void dsd(const at::Tensor& values, at::TensorList layout, at::IntArrayRef meta, const at::Tensor& b_in,
          bool transpose_sparse, at::Tensor& out) {
