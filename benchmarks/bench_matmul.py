@@ -31,6 +31,7 @@ Results: ``benchmarks/results/<device>/matmul.{json,md}`` and one ``matmul_<dtyp
     python benchmarks/bench_matmul.py                 # full sweep on CUDA, reduced set on CPU
     python benchmarks/bench_matmul.py --quick         # tiny smoke run (CI)
     python benchmarks/bench_matmul.py --sizes 4096 --blocks 64 --densities 0.1 --dtypes bf16
+    python benchmarks/bench_matmul.py --device cpu --p 256 2048 8192 --blocks 16 32 --densities 0.1
 """
 
 from __future__ import annotations
@@ -190,17 +191,18 @@ def run_case(case: Case, impls: list[str], device: torch.device, min_run_time: f
 
 
 def build_cases(args) -> list[Case]:
+    ps = args.p or [None]  # None: p = size
     cases = [
-        Case(op, size, args.p or size, block, density, dtype)
-        for dtype, size, block, density, op in itertools.product(
-            args.dtypes, args.sizes, args.blocks, args.densities, args.ops
+        Case(op, size, p or size, block, density, dtype)
+        for p, dtype, size, block, density, op in itertools.product(
+            ps, args.dtypes, args.sizes, args.blocks, args.densities, args.ops
         )
         if size % block == 0
     ]
     # Skewed layouts: the middle block size and density, the ops with segments to balance.
     block = args.blocks[len(args.blocks) // 2]
     density = args.densities[len(args.densities) // 2]
-    p_values = [args.p] if args.p else ([None, 256] if args.skew_small_p else [None])
+    p_values = list(args.p) if args.p else ([None, 256] if args.skew_small_p else [None])
     for dtype, size, p in itertools.product(args.dtypes[:1], args.sizes, p_values):
         for op in ("dsd", "linear"):
             if op in args.ops and size % block == 0:
@@ -245,7 +247,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--ops", nargs="+", choices=OPS)
     parser.add_argument("--sizes", nargs="+", type=int)
-    parser.add_argument("--p", type=int, help="dense rows (tokens); default: size on GPU, 256 on CPU")
+    parser.add_argument(
+        "--p", type=int, nargs="+", help="dense rows (tokens), one or more; default: size on GPU, 256 on CPU"
+    )
     parser.add_argument("--blocks", nargs="+", type=int)
     parser.add_argument("--densities", nargs="+", type=float)
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES)
@@ -263,7 +267,7 @@ def parse_args(argv=None):
         defaults = dict(
             ops=list(OPS),
             sizes=[1024 if gpu else 256],
-            p=None if gpu else 64,
+            p=None if gpu else [64],
             blocks=[64 if gpu else 32],
             densities=[0.1],
             dtypes=["bf16" if gpu else "fp32"],
@@ -278,7 +282,7 @@ def parse_args(argv=None):
             dtypes=["bf16", "fp16", "fp32"],
         )
     else:
-        defaults = dict(ops=list(OPS), sizes=[2048], p=256, blocks=[32], densities=[0.05, 0.1, 0.3], dtypes=["fp32"])
+        defaults = dict(ops=list(OPS), sizes=[2048], p=[256], blocks=[32], densities=[0.05, 0.1, 0.3], dtypes=["fp32"])
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
