@@ -284,12 +284,16 @@ SK_INLINE i64 dsd_tiles(i64 h) { return h / MR + 2; }
 
 SK_INLINE i64 dsd_inner(const sk::DsdArgs& p) { return p.transpose ? p.L.R * p.L.bm : p.L.C * p.L.bn; }
 
-int64_t dsd_scratch(const sk::DsdArgs& p) {
+// Bytes of dsd's pointer tables; the packed panel (p.pack_b) follows them, 64-byte aligned.
+SK_INLINE i64 dsd_table_bytes(const sk::DsdArgs& p) {
   const i64 max_seg = p.transpose ? p.L.max_col : p.L.max_row;
   const i64 h = p.transpose ? p.L.bn : p.L.bm;
-  const i64 tables = (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
+  return (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
+}
+
+int64_t dsd_scratch(const sk::DsdArgs& p) {
   const i64 packed = p.pack_b ? dsd_inner(p) * p.panel * (i64)sizeof(float) : 0;
-  return tables + packed + 64;
+  return dsd_table_bytes(p) + packed + 64;
 }
 
 // Output rows of block-row `br` of Y are S rows (or S^T rows) br*h .. br*h + h; segments =
@@ -318,9 +322,8 @@ void dsd(const sk::DsdArgs& p, int64_t begin, int64_t end, void* scratch) {
   const float** a_tab = static_cast<const float**>(scratch);  // [tiles][max_seg][MR]
   const float** b_tab = a_tab + dsd_tiles(h) * max_seg * MR;
   const i64 blk = L.bm * L.bn;
-  // The packed panel, after the pointer tables (64-byte aligned).
-  const i64 tables = (dsd_tiles(h) * max_seg * MR + max_seg + 1) * (i64)sizeof(void*);
-  float* packed = reinterpret_cast<float*>((reinterpret_cast<unsigned long long>(scratch) + tables + 63) & ~63ull);
+  const unsigned long long after_tables = reinterpret_cast<unsigned long long>(scratch) + dsd_table_bytes(p);
+  float* packed = reinterpret_cast<float*>((after_tables + 63) & ~63ull);
   const i64 inner_rows = dsd_inner(p);
   i64 packed_id = -1;
 

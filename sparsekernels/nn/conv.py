@@ -208,9 +208,8 @@ class SparseConv2d(BlockSparseWeight):
         K, C = conv.out_channels, conv.in_channels
         if conv.groups != 1:
             raise ValueError(f"groups must be 1 for SparseConv2d; got {conv.groups}")
-        _, block = conv_layout_shape(K, C, conv.kernel_size, block_size)
+        expected, block = conv_layout_shape(K, C, conv.kernel_size, block_size)
         if layout is not None:
-            expected, _ = conv_layout_shape(K, C, conv.kernel_size, block)
             if tuple(layout.shape) != tuple(expected):
                 raise ValueError(f"layout must have shape {tuple(expected)} (R*S*K, C); got {tuple(layout.shape)}")
             layout = layout.to(weight.device)
