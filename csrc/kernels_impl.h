@@ -11,12 +11,15 @@
 // where C is an output tile kept in registers for the whole reduction, rows of A are read
 // one scalar at a time (broadcast) and rows of B one vector at a time. Sparsity lives only
 // in the segment list: a segment is one active block (matmul, conv forward / input grad) or
-// one image row (conv weight grad). Two kinds of segment cover all six ops:
+// one image row (conv weight grad). Three kinds of segment cover all six ops:
 //
-//   * RowSegs: each of the mr rows of A has its own pointer (a block row, a shifted input
-//     pixel, or a row of zeros standing in for padding), k-th element at row[k * a_cs];
-//     B rows are b + k * b_rs; kc is the same for all segments (the block size).
+//   * RowSegs: each of the mr rows of A has its own pointer (a block row, or a row of zeros),
+//     k-th element at row[k * a_cs]; B rows are b + k * b_rs; kc is the same for all
+//     segments (the block size).
 //   * StridedSeg: A row i, element k at a + i * a_rs + k * a_cs; kc varies per segment.
+//   * TapSegs (conv forward / input grad): a conv tile's per-tap table of row pointers (a
+//     shifted pixel, or the zero row standing in for padding) plus each segment's channel
+//     offset; the kernel forms a segment's row pointers in registers.
 //
 // The vector type is GCC's generic vector extension of SK_VW floats: 16 (one zmm register)
 // under the AVX-512 target, 8 (one ymm register under AVX2, two SSE registers on the
@@ -499,9 +502,50 @@ struct ConvSeg {
 };
 
 struct ConvTile {
-  i64 out;  // output offset of the tile's first pixel (channel 0)
-  i64 ldc;  // output row stride between the tile's pixels
-  int m;    // pixels
+  i64 out;   // output offset of the tile's first pixel (channel 0)
+  i64 ldc;   // output row stride between the tile's pixels
+  int m;     // pixels
+  bool full; // every tap that has blocks has a non-zero row in the tile: no segment is skipped
+};
+
+// The segments of one group for one tile: A row i of segment j is
+// tap_rows[seg[j].tap * MR + i] + seg[j].a_off (a_cs = 1), B rows b_rs apart. The
+// micro-kernel forms the M row pointers of a segment in registers from the tile's per-tap
+// row table, instead of the caller writing MR pointers per segment per tile to memory (at
+// 32 channels that table was a third of the forward pass's time).
+struct TapSegs {
+  const ConvSeg* seg;
+  i64 nseg;
+  const float* const* tap_rows;  // [T][MR]
+  i64 kc, b_rs;
+  bool stream;
+};
+
+template <int M, int V>
+__attribute__((noinline)) void tile_taps(const TapSegs& s, i64 b_off, float* c, i64 ldc, int part) {
+  Tile<M, V> t;
+  t.start(c, ldc, false, part);
+  for (i64 j = 0; j < s.nseg; ++j) {
+    const ConvSeg& g = s.seg[j];
+    const float* const* tap = s.tap_rows + g.tap * MR;
+    const float* rows[M];
+    for (int i = 0; i < M; ++i) rows[i] = tap[i] + g.a_off;
+    t.update(rows, 1, g.b + b_off, s.b_rs, s.kc, part);
+  }
+  if (s.stream && stream_ok(c, ldc, part))
+    t.finish_stream(c, ldc);
+  else
+    t.finish(c, ldc, part);
+}
+
+struct TapsCall {
+  const TapSegs& s;
+  float* c;
+  i64 ldc;
+  template <int V>
+  SK_INLINE void run(int m, i64 col, int part) const {
+    SK_DISPATCH_ROWS(m, V, tile_taps, s, col, c + col, ldc, part);
+  }
 };
 
 // Pixel coordinates of a tile. Tiles of a task are mostly consecutive in the flattened
@@ -527,6 +571,28 @@ struct PixelTile {
 
 SK_INLINE i64 conv_taps(const sk::ConvGeom& g) { return g.R * g.S; }
 
+// Unit-step source coordinates of a tile's pixels: pixel i reads, through a tap shifted by
+// (dr, ds), pixel (h[i] + dr, w[i] + ds) of a [.., Hs, Ws, ch] tensor, at element offset
+// base[i] + (dr * Ws + ds) * ch. Computed once per tile, so that each tap costs an add and two
+// unsigned compares per pixel instead of the full index arithmetic.
+struct TileSources {
+  i64 base[MR], h[MR], w[MR];
+  i64 Hs, Ws, ch;
+
+  // rows[i] = the row pixel i reads through tap (dr, ds), or `zeros` outside the tensor;
+  // returns whether any pixel reads inside it.
+  SK_INLINE bool tap_rows(int m, i64 dr, i64 ds, const float* src, const float* zeros, const float** rows) const {
+    const i64 shift = (dr * Ws + ds) * ch;
+    bool found = false;
+    for (int i = 0; i < m; ++i) {
+      const bool ok = (uint64_t)(h[i] + dr) < (uint64_t)Hs && (uint64_t)(w[i] + ds) < (uint64_t)Ws;
+      rows[i] = ok ? src + (base[i] + shift) : zeros;
+      found |= ok;
+    }
+    return found;
+  }
+};
+
 // Prefetch of the activations a task reads that the previous task of the same thread did not:
 // rows [lo, hi] (clamped to [0, rows)) of images n0 .. n1 of a [N, rows, cols, ch] tensor,
 // from the end of what was already prefetched.
@@ -549,26 +615,36 @@ struct TaskPrefetch {
 struct ConvScratch {
   ConvSeg* seg;           // [nnz]
   i64* group;             // [groups + 1]: segments of group q are seg[group[q] .. group[q+1])
+  ConvSeg* kept;          // [nnz]: a group's segments whose tap has rows in a tile that is not full
+  i64* tap_dr;            // [T]: row shift of each tap (per op: see conv_fwd / conv_dx)
+  i64* tap_ds;            // [T]: column shift
   ConvTile* tiles;        // [max_tiles]
   const float** rows;     // [max_tiles][T][MR]: activation row of each pixel, per tap
-  const float** a_tab;    // [nnz][MR]: the micro-kernel's A rows
-  const float** b_tab;    // [nnz]
   char* any;              // [max_tiles][T]: tap has at least one non-zero row in the tile
   char* tap_used;         // [T]: tap has blocks
 
   static i64 bytes(i64 nnz, i64 groups, i64 max_tiles, i64 T) {
-    return nnz * (i64)sizeof(ConvSeg) + (groups + 1) * (i64)sizeof(i64) + max_tiles * (i64)sizeof(ConvTile) +
-           (max_tiles * T * MR + nnz * (MR + 1)) * (i64)sizeof(void*) + max_tiles * T + T + 16;
+    return 2 * nnz * (i64)sizeof(ConvSeg) + (groups + 1 + 2 * T) * (i64)sizeof(i64) + max_tiles * (i64)sizeof(ConvTile) +
+           max_tiles * T * MR * (i64)sizeof(void*) + max_tiles * T + T + 16;
   }
   ConvScratch(void* p, i64 nnz, i64 groups, i64 max_tiles, i64 T) {
     seg = static_cast<ConvSeg*>(p);
-    group = reinterpret_cast<i64*>(seg + nnz);
-    tiles = reinterpret_cast<ConvTile*>(group + groups + 1);
+    kept = seg + nnz;
+    group = reinterpret_cast<i64*>(kept + nnz);
+    tap_dr = group + groups + 1;
+    tap_ds = tap_dr + T;
+    tiles = reinterpret_cast<ConvTile*>(tap_ds + T);
     rows = reinterpret_cast<const float**>(tiles + max_tiles);
-    a_tab = rows + max_tiles * T * MR;
-    b_tab = a_tab + nnz * MR;
-    any = reinterpret_cast<char*>(b_tab + nnz);
+    any = reinterpret_cast<char*>(rows + max_tiles * T * MR);
     tap_used = any + max_tiles * T;
+  }
+
+  // Whether every tap that has blocks has a non-zero row in tile `t` (after its `any` is set).
+  SK_INLINE bool full(i64 t, i64 T) const {
+    const char* a = any + t * T;
+    for (i64 k = 0; k < T; ++k)
+      if (tap_used[k] && !a[k]) return false;
+    return true;
   }
 
   // Runs groups [q0, q1) over every tile: group q writes channels [q*width, (q+1)*width).
@@ -581,16 +657,20 @@ struct ConvScratch {
         pf.step(per_tile);
         const ConvTile& tile = tiles[t];
         const float* const* tile_rows = rows + t * T * MR;
-        const char* tile_any = any + t * T;
-        i64 used = 0;
-        for (i64 e = group[q]; e < group[q + 1]; ++e) {
-          const ConvSeg& g = seg[e];
-          if (!tile_any[g.tap]) continue;
-          for (int i = 0; i < tile.m; ++i) a_tab[used * MR + i] = tile_rows[g.tap * MR + i] + g.a_off;
-          b_tab[used++] = g.b;
+        // A tap whose rows are all zero rows in this tile (padding, or skipped by a stride)
+        // contributes nothing: its segments are left out, as a dense product of zeros would
+        // only add zeros.
+        const ConvSeg* first = seg + group[q];
+        i64 nseg = group[q + 1] - group[q];
+        if (!tile.full) {
+          const char* tile_any = any + t * T;
+          i64 used = 0;
+          for (i64 e = 0; e < nseg; ++e)
+            if (tile_any[first[e].tap]) kept[used++] = first[e];
+          first = kept, nseg = used;
         }
-        const RowSegs segs{a_tab, b_tab, used, kc, 1, width, stream};
-        gemm_rows(tile.m, width, segs, 0, out + tile.out + q * width, tile.ldc, false);
+        const TapSegs segs{first, nseg, tile_rows, kc, width, stream};
+        over_columns(tile.m, width, TapsCall{segs, out + tile.out + q * width, tile.ldc});
       }
     }
     if (stream) stream_fence();
@@ -624,8 +704,11 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
   const i64 npix = g.N * g.Ho * g.Wo;
   const ConvScratch sc(scratch, L.nnz, Kb, fwd_max_tiles(p), T);
 
-  // Segments do not depend on the pixels: list them once per call of this function.
-  for (i64 t = 0; t < T; ++t) sc.tap_used[t] = 0;
+  // Segments and tap shifts do not depend on the pixels: once per call of this function.
+  for (i64 t = 0; t < T; ++t) {
+    sc.tap_used[t] = 0;
+    sc.tap_dr[t] = (t / g.S) * g.dh - g.ph, sc.tap_ds[t] = (t % g.S) * g.dw - g.pw;
+  }
   i64 nseg = 0;
   for (i64 kb = 0; kb < Kb; ++kb) {
     sc.group[kb] = nseg;
@@ -656,24 +739,20 @@ void conv_fwd(const sk::ConvFwdArgs& p, int64_t begin, int64_t end, void* scratc
       loaded = pt;
       ntiles = 0;
       PixelTile px(g.Ho, g.Wo);
+      TileSources src;
+      src.Hs = g.H, src.Ws = g.W, src.ch = g.C;
       for (i64 i0 = p0, m; i0 < p1; i0 += m, ++ntiles) {
         m = rows_next(i0, p1);
         px.load(i0, (int)m);
-        sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m};
         const float** rows = sc.rows + ntiles * T * MR;
         char* any = sc.any + ntiles * T;
-        for (i64 t = 0; t < T; ++t) {
-          if (!sc.tap_used[t]) continue;
-          const i64 dr = (t / g.S) * g.dh - g.ph, ds = (t % g.S) * g.dw - g.pw;
-          bool found = false;
-          for (int i = 0; i < m; ++i) {
-            const i64 ih = px.h[i] * g.sh + dr, iw = px.w[i] * g.sw + ds;
-            const bool ok = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
-            rows[t * MR + i] = ok ? p.x + ((px.n[i] * g.H + ih) * g.W + iw) * g.C : p.zeros;
-            found |= ok;
-          }
-          any[t] = found;
+        for (int i = 0; i < m; ++i) {  // the input pixel under tap (0, 0) without padding
+          src.h[i] = px.h[i] * g.sh, src.w[i] = px.w[i] * g.sw;
+          src.base[i] = ((px.n[i] * g.H + src.h[i]) * g.W + src.w[i]) * g.C;
         }
+        for (i64 t = 0; t < T; ++t)
+          if (sc.tap_used[t]) any[t] = src.tap_rows((int)m, sc.tap_dr[t], sc.tap_ds[t], p.x, p.zeros, rows + t * MR);
+        sc.tiles[ntiles] = ConvTile{i0 * g.K, g.K, (int)m, sc.full(ntiles, T)};
       }
     }
     sc.run(gs * Kb / gsplit, (gs + 1) * Kb / gsplit, ntiles, T, bc, bk, p.y, p.stream_out, tp.pf);
@@ -719,7 +798,10 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
 
   // Entries of the transposed traversal, column by column; within a column in block-row
   // order, so tap-major.
-  for (i64 t = 0; t < T; ++t) sc.tap_used[t] = 0;
+  for (i64 t = 0; t < T; ++t) {
+    sc.tap_used[t] = 0;
+    sc.tap_dr[t] = g.ph - (t / g.S) * g.dh, sc.tap_ds[t] = g.pw - (t % g.S) * g.dw;
+  }
   for (i64 cb = 0; cb <= Cb; ++cb) sc.group[cb] = L.col_offsets[cb];
   for (i64 e = 0; e < L.nnz; ++e) {
     const i64 brow = L.row_indices_t[e], t = brow / Kb;
@@ -730,28 +812,32 @@ void conv_dx(const sk::ConvDxArgs& p, int64_t begin, int64_t end, void* scratch)
   // Rows for one tile of pixels px (m of them) whose outputs start at `out`, `ldc` apart.
   PixelTile px(g.H, g.W);
   i64 ntiles = 0;
+  TileSources src;  // unit stride: input pixel (h, w) receives through tap (dr, ds) from (h + dr, w + ds)
+  src.Hs = g.Ho, src.Ws = g.Wo, src.ch = g.K;
   auto add_tile = [&](int m, i64 out, i64 ldc) {
-    sc.tiles[ntiles] = ConvTile{out, ldc, m};
     const float** rows = sc.rows + ntiles * T * MR;
     char* any = sc.any + ntiles * T;
+    if (unit_stride)
+      for (int i = 0; i < m; ++i) src.h[i] = px.h[i], src.w[i] = px.w[i], src.base[i] = ((px.n[i] * g.Ho + px.h[i]) * g.Wo + px.w[i]) * g.K;
     for (i64 t = 0; t < T; ++t) {
       if (!sc.tap_used[t]) continue;
-      const i64 dr = g.ph - (t / g.S) * g.dh, ds = g.pw - (t % g.S) * g.dw;
+      const i64 dr = sc.tap_dr[t], ds = sc.tap_ds[t];
+      if (unit_stride) {
+        any[t] = src.tap_rows(m, dr, ds, p.dy, p.zeros, rows + t * MR);
+        continue;
+      }
       bool found = false;
       for (int i = 0; i < m; ++i) {
         const i64 hn = px.h[i] + dr, wn = px.w[i] + ds;
-        i64 oh = hn, ow = wn;
         bool ok = hn >= 0 && wn >= 0;
-        if (!unit_stride && ok) {
-          oh = hn / g.sh, ow = wn / g.sw;
-          ok = oh * g.sh == hn && ow * g.sw == wn;
-        }
-        ok = ok && oh < g.Ho && ow < g.Wo;
+        const i64 oh = ok ? hn / g.sh : 0, ow = ok ? wn / g.sw : 0;
+        ok = ok && oh * g.sh == hn && ow * g.sw == wn && oh < g.Ho && ow < g.Wo;
         rows[t * MR + i] = ok ? p.dy + ((px.n[i] * g.Ho + oh) * g.Wo + ow) * g.K : p.zeros;
         found |= ok;
       }
       any[t] = found;
     }
+    sc.tiles[ntiles] = ConvTile{out, ldc, m, sc.full(ntiles, T)};
     ++ntiles;
   };
 
