@@ -16,6 +16,7 @@ from torch import nn
 from sparsekernels import train
 from sparsekernels.data.augment import (
     SetLoader,
+    affine_grid,
     affine_theta,
     apply_affine,
     pixel_statistics,
@@ -254,6 +255,22 @@ def test_affine_rotation_shift_and_mirror_are_exact_on_the_pixel_grid():
     shifted = apply_affine(x, affine_theta(zero, torch.full((b,), 0.5, dtype=x.dtype), zero, one))
     expected = torch.cat([x[..., 2:], x[..., -1:].expand(-1, -1, -1, 2)], dim=3)
     assert_close(shifted, expected)
+
+
+@pytest.mark.parametrize("shape", [(100, 32, 32), (7, 5, 9), (3, 1, 4), (2, 17, 1), (2, 1, 1), (2, 3, 333)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_affine_grid_matches_torch_affine_grid(shape, dtype):
+    """Our broadcast grid against ``F.affine_grid`` (align_corners=False) to the dtype's rounding,
+    over odd and single-pixel sizes, with large angles and shifts."""
+    n, h, w = shape
+    u = torch.rand(n, 4, generator=torch.Generator().manual_seed(n * h + w), dtype=torch.float64)
+    theta = affine_theta(6 * u[:, 0] - 3, 4 * u[:, 1] - 2, 4 * u[:, 2] - 2, torch.where(u[:, 3] < 0.5, -1.0, 1.0))
+    theta = theta.to(dtype)
+    got = affine_grid(theta, h, w)
+    want = torch.nn.functional.affine_grid(theta, [n, 3, h, w], align_corners=False)
+    assert got.shape == want.shape == (n, h, w, 2) and got.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert (got - want).abs().max() <= 8 * eps * (1 + want.abs().max()), (got - want).abs().max()
 
 
 def rel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:

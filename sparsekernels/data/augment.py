@@ -8,7 +8,7 @@
   horizontal_flip=True)``: a rotation by an angle uniform in ±10°, a shift uniform in ±10 %
   of the width and of the height, a left-right mirror with probability 1/2; bilinear
   interpolation, pixels from outside the image take the nearest edge pixel (Keras'
-  ``fill_mode="nearest"``). Each batch is one ``affine_grid`` + ``grid_sample``.
+  ``fill_mode="nearest"``). Each batch is one :func:`affine_grid` + ``grid_sample``.
 
 Test images are standardised with the training statistics and not augmented.
 """
@@ -65,9 +65,31 @@ def affine_theta(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, mirror
     return torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
 
 
+def _pixel_centres(n: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n]`` normalised pixel centres, computed as ATen's affine_grid does (a single pixel: 0)."""
+    if n <= 1:
+        return torch.zeros(n, device=like.device, dtype=like.dtype)
+    return torch.linspace(-1.0, 1.0, n, device=like.device, dtype=like.dtype) * (n - 1) / n
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, C, height, width], align_corners=False)``: ``[B, height, width, 2]``.
+
+    Pixel centres in normalised coordinates, ``u_w = (2w + 1)/W − 1`` (built as ATen builds
+    them), mapped by each ``[2, 3]`` matrix as ``(u·a0 + v·a1) + a2``: broadcast arithmetic
+    instead of ATen's batched matmul with a reduction of 3 (on the CPU a BLAS call that cost
+    more than the resampling itself). On the CPU this is bitwise ``F.affine_grid``'s result
+    (the BLAS there sums the same products in the same order); the tests hold it to fp32
+    rounding, which any BLAS meets.
+    """
+    u, v = _pixel_centres(width, theta), _pixel_centres(height, theta)
+    a = theta.transpose(1, 2).reshape(-1, 1, 1, 3, 2)  # a[b, 0, 0, k, j]: coefficient k of output j
+    return u.view(1, 1, width, 1) * a[..., 0, :] + v.view(1, height, 1, 1) * a[..., 1, :] + a[..., 2, :]
+
+
 def apply_affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample float ``[B, C, H, W]`` with ``[B, 2, 3]`` matrices: bilinear, nearest-edge fill."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = affine_grid(theta.to(x.dtype), x.shape[2], x.shape[3])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
