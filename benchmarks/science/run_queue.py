@@ -519,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only: unknown runs {sorted(unknown)}; known: {sorted(RUNS)}")
         plan = [(n, t) for n, t in PLAN if n in wanted] or [(n, RUNS[n]["epochs"]) for n in sorted(wanted)]
-    log = Log(args.runs_root, args.data_dir, args.results, plan)
+    # RUNS.md and the copied records always cover the whole plan: several queues rewrite them,
+    # one started with --only among them.
+    log = Log(args.runs_root, args.data_dir, args.results, PLAN)
     if args.list:
         for name, target in plan:
             print(
