@@ -691,7 +691,7 @@ def test_queue_entry_pauses_at_its_target_and_the_next_entry_resumes(tmp_path, m
     assert json.loads((results / "tiny-s0" / "record.json").read_text())["steps_done"] == 18
 
 
-def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, monkeypatch):
+def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, monkeypatch, capsys):
     """A --compare entry (the conv comparison) advances all its configurations to each plan
     target with --resume auto, and its table, records and RUNS.md rows follow."""
     q = _load_queue()
@@ -714,6 +714,10 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     s = _load_summarize()
     section = "\n".join(s.comparison_markdown(s.load_comparisons(results)))
     assert "`cmp`:" in section and "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section
+    # --list names every configuration's epochs, not only the fewest.
+    monkeypatch.setattr(q, "PLAN", [("cmp", 2)])
+    assert q.main(["--list", "--runs-root", str(runs), "--results", str(results), "--data-dir", str(tmp_path)]) == 0
+    assert "(dense 2, set 2)" in capsys.readouterr().out
 
 
 def test_cli_adapt_floor_reaches_the_engine_and_old_checkpoints_resume_with_0_1(tmp_path):

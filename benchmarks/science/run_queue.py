@@ -524,9 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     log = Log(args.runs_root, args.data_dir, args.results, PLAN)
     if args.list:
         for name, target in plan:
+            folders = run_folders(name, args.runs_root)
+            each = f"  ({', '.join(f'{f.name} {epochs_done(f)}' for f in folders)})" if len(folders) > 1 else ""
             print(
                 f"{name:32s} target {target:5d}  done {run_epochs_done(name, args.runs_root):5d} / "
-                f"{RUNS[name]['epochs']}"
+                f"{RUNS[name]['epochs']}{each}"
             )
         return 0
 
