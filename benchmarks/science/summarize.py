@@ -463,14 +463,32 @@ def _pyplot():
     return plt
 
 
+ABLATIONS = ("-rand", "-grace", "-floor")
+
+
+def line_styles(names: list[str]) -> dict[str, dict]:
+    """One colour per run (20 before any repeats, where 10 repeated with 14 runs) and dotted
+    lines for the ablations (random initial mask, grace, no rate floor)."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab20").colors
+    return {
+        name: {"color": colours[i % len(colours)], "ls": ":" if any(a in name for a in ABLATIONS) else "-"}
+        for i, name in enumerate(sorted(names))
+    }
+
+
+def full_data_runs(records: dict[str, dict]) -> dict[str, dict]:
+    return {n: r for n, r in sorted(records.items()) if parse_name(n)[1] == 1.0 and r["epochs"]}
+
+
 def plot_accuracy_vs_epoch(records: dict[str, dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
-    for name, r in sorted(records.items()):
-        if parse_name(name)[1] < 1.0 or not r["epochs"]:
-            continue
+    runs = full_data_runs(records)
+    styles = line_styles(list(runs))
+    for name, r in runs.items():
         points = evaluated(r)
-        ax.plot([e["epoch"] for e in points], [100 * e["test_acc"] for e in points], label=name, lw=1.2)
+        ax.plot([e["epoch"] for e in points], [100 * e["test_acc"] for e in points], label=name, lw=1.2, **styles[name])
     for kind, marker in (("set", "o"), ("dense", "s"), ("static", "^")):
         curve = PUBLISHED_CURVES[kind]
         ax.plot(range(1, len(curve) + 1), curve, ls="--", color="k", alpha=0.45, lw=0.8, marker=marker,
@@ -491,13 +509,13 @@ def plot_accuracy_vs_epoch(records: dict[str, dict], path: Path) -> None:
 def plot_accuracy_vs_wallclock(records: dict[str, dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
-    for name, r in sorted(records.items()):
-        if parse_name(name)[1] < 1.0 or not r["epochs"]:
-            continue
+    runs = full_data_runs(records)
+    styles = line_styles(list(runs))
+    for name, r in runs.items():
         hours = cpu_hours(r)
         if hours is not None:
             pairs = [(h, 100 * e["test_acc"]) for h, e in zip(hours, r["epochs"]) if e.get("test_acc") is not None]
-            ax.plot([h for h, _ in pairs], [a for _, a in pairs], label=name)
+            ax.plot([h for h, _ in pairs], [a for _, a in pairs], label=name, **styles[name])
     for t in THRESHOLDS:
         ax.axhline(t, color="k", ls=":", lw=0.8)
     # CPU time, not wall-clock: on the shared machine wall-clock measures the load and pauses.
