@@ -494,7 +494,7 @@ def plot_accuracy_vs_epoch(records: dict[str, dict], path: Path) -> None:
         ax.plot(range(1, len(curve) + 1), curve, ls="--", color="k", alpha=0.45, lw=0.8, marker=marker,
                 markevery=25, ms=4, label=f"published {kind} (Mocanu et al., per epoch)")  # fmt: skip
         ax.plot(PUBLISHED_EPOCHS[4:], PUBLISHED[kind][4:], ls="none", marker=marker, color="k", alpha=0.45)
-    longest = max((len(r["epochs"]) for r in records.values()), default=10)
+    longest = max((len(r["epochs"]) for r in runs.values()), default=10)  # full-data runs: the x axis is epochs
     ax.set_xlim(0, max(210, longest + 10) if longest <= 200 else longest + 10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
