@@ -520,6 +520,11 @@ def test_queue_log_writes_runs_md_and_copies_records(tmp_path):
     assert "| set-b8-s0 | paused | 3 / 200 (plan: 200) | 32.5 | - | 1.0 | 30.00 | 30.00 |" in text
     assert "| dense-s0 | pending | 0 / 200 (plan: 50) |" in text
     assert "--er-epsilon 20" in text and json.loads((results / "set-b8-s0" / "record.json").read_text())
+    # A run outside the plan (trained by a queue started with --only) is listed once it has a folder.
+    assert "static-b8-s1" not in text
+    (runs / "static-b8-s1").mkdir()
+    log.refresh()
+    assert "| static-b8-s1 | pending | 0 / 200 (plan: -) |" in (results / "RUNS.md").read_text()
 
 
 def test_queue_skips_a_run_another_queue_holds_and_takes_it_when_free(tmp_path, monkeypatch):

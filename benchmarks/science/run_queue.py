@@ -335,6 +335,9 @@ class Log:
         with self.lock:
             self.state = self._load_state()
             names = list(dict.fromkeys(n for n, _ in self.plan))
+            # Runs outside the plan that a queue started with --only has trained: every queue
+            # rewrites RUNS.md, so each must list them.
+            names += [n for n in RUNS if n not in names and (self.runs_root / n).is_dir()]
             for name in names:
                 for folder in run_folders(name, self.runs_root):
                     prune_checkpoints(folder)
@@ -383,7 +386,7 @@ class Log:
             cells = [
                 str(folder.relative_to(self.runs_root)),
                 status,
-                f"{done} / {total} (plan: {targets[name]})",
+                f"{done} / {total} (plan: {targets.get(name, '-')})",
                 f"{sec:.1f}" if sec is not None else "-",
                 f"{sum(cpu) / len(cpu):.1f}" if cpu else "-",
                 f"{sum(ev) / len(ev):.1f}" if ev else "-",
