@@ -528,14 +528,16 @@ def plot_accuracy_vs_wallclock(records: dict[str, dict], path: Path) -> None:
 
 
 def plot_churn(records: dict[str, dict], path: Path) -> bool:
-    series = {n: churn_by_epoch(r) for n, r in sorted(records.items())}
+    # Full-data runs only: a train-fraction run's epochs are not comparable on this x axis.
+    series = {n: churn_by_epoch(r) for n, r in full_data_runs(records).items()}
     series = {n: s for n, s in series.items() if s}
     if not series:
         return False
     plt = _pyplot()
+    styles = line_styles(list(series))
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for name, s in series.items():
-        ax.plot([x for x, _ in s], [y for _, y in s], marker=".", ms=3, label=name)
+        ax.plot([x for x, _ in s], [y for _, y in s], marker=".", ms=3, label=name, **styles[name])
     ax.axhline(CHURN_SETTLED, color="k", ls=":", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch (update after it)")
