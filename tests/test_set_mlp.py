@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -719,6 +720,17 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     s = _load_summarize()
     section = "\n".join(s.comparison_markdown(s.load_comparisons(results)))
     assert "`cmp`:" in section and "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section
+    # While a queue holds the comparison, only the configuration it writes now says running.
+    lock = q.RunLock(runs, "cmp")
+    assert lock.acquire()
+    try:
+        for f in (runs / "cmp" / "dense").glob("*"):
+            os.utime(f, (0, 0))
+        log.refresh()
+    finally:
+        lock.release()
+    text = (results / "RUNS.md").read_text()
+    assert "| cmp/dense | done |" in text and "| cmp/set | running |" in text
     # --list names every configuration's epochs, not only the fewest.
     monkeypatch.setattr(q, "PLAN", [("cmp", 2)])
     assert q.main(["--list", "--runs-root", str(runs), "--results", str(results), "--data-dir", str(tmp_path)]) == 0

@@ -234,6 +234,20 @@ def run_folders(name: str, runs_root: Path) -> list[Path]:
     return [folder / label.replace("@", "-d") for label in labels] if labels else [folder]
 
 
+def training_folders(name: str, runs_root: Path) -> list[Path]:
+    """The folders a queue training run ``name`` is writing now: the run's folder, or of a
+    ``--compare`` (whose configurations train one after another) the configuration whose files
+    changed last."""
+    folders = run_folders(name, runs_root)
+    if len(folders) == 1:
+        return folders
+
+    def last_change(folder: Path) -> float:
+        return max((f.stat().st_mtime for f in folder.glob("*") if f.is_file()), default=0.0)
+
+    return [max(folders, key=last_change)]
+
+
 def run_epochs_done(name: str, runs_root: Path) -> int:
     """Epochs every configuration of run ``name`` has done."""
     return min(epochs_done(f) for f in run_folders(name, runs_root))
@@ -373,7 +387,7 @@ class Log:
             accs = [e["test_acc"] for e in epochs if e.get("test_acc") is not None]  # --eval-every skips some
             last = accs[-1] if accs else None
             best = max(accs, default=None)
-            if is_running(self.runs_root, name):
+            if is_running(self.runs_root, name) and folder in training_folders(name, self.runs_root):
                 status = "running"
             elif name in self.state["failed"]:
                 status = "failed (see queue.log)"
