@@ -44,6 +44,7 @@ SOURCES = [
     "csrc/kernels_avx512.cpp",
     "csrc/kernels_baseline.cpp",
     "csrc/pointwise.cpp",
+    "csrc/batchnorm.cpp",
     "csrc/unstructured.cpp",
 ]
 
@@ -122,6 +123,7 @@ def _native_extension() -> dict:
             "csrc/kernels_api.h",
             "csrc/kernels_impl.h",
             "csrc/pointwise_impl.h",
+            "csrc/batchnorm_impl.h",
             "csrc/unstructured.h",
             "csrc/unstructured_impl.h",
         ],

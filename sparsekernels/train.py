@@ -53,7 +53,7 @@ RESUME_KEYS = (
 # Options that change how the steps compute (precision, kernels, memory format, compilation):
 # a resumed run must use the same ones, or its record would describe a run that never happened.
 # Each resumed segment also records them with its device (record["segments"]).
-COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile")
+COMPUTE_KEYS = ("amp", "backend", "channels_last", "compile", "fused_bn_relu")
 
 # Options of the SET MLP, its data pipeline and the sample-efficiency runs (issue 15).
 RESUME_KEYS += (
@@ -61,7 +61,12 @@ RESUME_KEYS += (
     "eval_train", "nesterov", "initial_topology", "adapt_floor", "grace_updates",
 )  # fmt: skip
 # Options added after checkpoints existed: a checkpoint without the key trained with this value.
-OPTION_DEFAULTS_BEFORE = {"initial_topology": "magnitude", "adapt_floor": DEFAULT_ADAPT_FLOOR, "grace_updates": None}
+OPTION_DEFAULTS_BEFORE = {
+    "initial_topology": "magnitude",
+    "adapt_floor": DEFAULT_ADAPT_FLOOR,
+    "grace_updates": None,
+    "fused_bn_relu": False,
+}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -108,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="none", choices=AMP_NAMES, help="autocast dtype (fp16 adds loss scaling)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory for model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--fused-bn-relu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ResNets: BatchNorm + (residual add +) ReLU as one native op in training where it applies (float32 "
+        "CPU tensors, --channels-last); --no-fused-bn-relu: ATen's separate ops (default: on for a new ResNet "
+        "run; a resumed run keeps its checkpoint's choice)",
+    )
     g = p.add_argument_group("sparsity")
     g.add_argument("--density", type=float, default=1.0, help="fraction of weights kept (1.0 = dense)")
     g.add_argument(
@@ -298,6 +311,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         _resolve_er_epsilon(args, parser)
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
+    if args.fused_bn_relu:  # given explicitly (None: decided in run())
+        if args.model == "set-mlp":
+            parser.error("--fused-bn-relu fuses the ResNets' BatchNorm + ReLU; --model set-mlp has no BatchNorm")
+        if not args.channels_last:
+            warn("--fused-bn-relu needs --channels-last (the fused op reads NHWC rows): ATen's ops run instead")
     return args
 
 
@@ -559,6 +577,8 @@ class Trainer:
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
         model = build_model(args.model, num_classes=len(data.classes), width=args.width, **model_options(args))
+        if args.fused_bn_relu:
+            model.set_fused_bn_relu(True)  # a ResNet (parse_args rejects it for the MLP)
         model = model.to(device)
         self.dense_parameters = count_parameters(model)["total"]
         self.sparsity = sparsify_model(model, args)
@@ -692,10 +712,11 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
     for key in COMPUTE_KEYS:
-        if saved.get(key) != getattr(args, key):
+        used = saved.get(key, OPTION_DEFAULTS_BEFORE.get(key))
+        if used != getattr(args, key):
             flag = "--" + key.replace("_", "-")
             raise SystemExit(
-                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run computed with {saved.get(key)!r}; "
+                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run computed with {used!r}; "
                 f"resume with the same {flag} (it changes the numbers, and the record describes one run)"
             )
     for key in RESUME_KEYS:
@@ -730,6 +751,21 @@ def newest_checkpoint(folder: Path) -> str | None:
     return None
 
 
+def _bn_relu_fused(args: argparse.Namespace, device: torch.device) -> bool:
+    """Whether the ResNet's BatchNorm + ReLU run the fused native op in this run's training steps
+    (float32 CPU activations in channels-last memory, eager mode)."""
+    from sparsekernels.ops.batchnorm import fused_batch_norm_enabled
+
+    return bool(
+        args.fused_bn_relu
+        and device.type == "cpu"
+        and args.channels_last
+        and args.amp == "none"
+        and not args.compile
+        and fused_batch_norm_enabled()
+    )
+
+
 def run(
     args: argparse.Namespace, data: CIFAR10, device: torch.device, out: Path, label: str | None = None
 ) -> dict[str, Any]:
@@ -739,6 +775,10 @@ def run(
     """
     out.mkdir(parents=True, exist_ok=True)
     label = label or (f"{args.method} d={args.density:g}" if args.density < 1 else "dense")
+    inherit_fused = args.fused_bn_relu is None  # not given: a new run's default, or the checkpoint's
+    if inherit_fused:
+        args = copy.copy(args)
+        args.fused_bn_relu = args.model != "set-mlp"
     trainer = Trainer(args, data, device)
     record: dict[str, Any] = {
         "label": label,
@@ -799,6 +839,11 @@ def run(
                 raise CheckpointError(f"checkpoint {args.resume}: not a training checkpoint (missing {missing})")
         except CheckpointError as err:
             raise SystemExit(f"error: --resume: {err}") from None
+        if inherit_fused:
+            saved = ckpt["config"].get("fused_bn_relu", OPTION_DEFAULTS_BEFORE["fused_bn_relu"])
+            args.fused_bn_relu = record["config"]["fused_bn_relu"] = segment["fused_bn_relu"] = saved
+            if hasattr(trainer.model, "set_fused_bn_relu"):
+                trainer.model.set_fused_bn_relu(saved)
         _check_resume(args, ckpt["config"])
         try:
             trainer.load_state_dict(ckpt["trainer"])
@@ -812,6 +857,7 @@ def run(
         record["resumed_from"] = str(args.resume)
         print(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.step}", flush=True)
 
+    segment["bn_relu"] = "fused" if _bn_relu_fused(args, trainer.device) else "aten"  # where it ran
     record["segments"].append({"start_epoch": start_epoch, "start_step": trainer.step, **segment})
     budget = f"{trainer.num_epochs} epochs × {trainer.steps_per_epoch} steps"
     if trainer.total_steps < trainer.num_epochs * trainer.steps_per_epoch:

@@ -224,6 +224,8 @@ def test_cli_resume_rejects_damaged_and_mismatched_checkpoints(tmp_path, capsys)
     for flag in (["--amp", "bf16"], ["--channels-last"], ["--backend", "reference"], ["--compile"]):
         with pytest.raises(SystemExit, match=rf"error: {flag[0]} is .* computed with"):
             train.main([*common, *flag, "--out", str(tmp_path / "m"), "--resume", str(ckpt)])
+    with pytest.raises(SystemExit, match="error: --fused-bn-relu is False but the checkpoint's run computed with True"):
+        train.main([*common, "--no-fused-bn-relu", "--out", str(tmp_path / "m"), "--resume", str(ckpt)])
     resumed = tmp_path / "resumed"
     train.main([*common, "--out", str(resumed), "--resume", str(ckpt)])
     record = json.loads((resumed / "record.json").read_text())

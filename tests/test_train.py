@@ -19,6 +19,7 @@ from torch import nn
 
 from sparsekernels import train
 from sparsekernels.data import cifar10 as cifar_module
+from sparsekernels.ops.batchnorm import fused_batch_norm_available
 from sparsekernels.training.checkpoint import load_checkpoint
 from sparsekernels.training.metrics import count_flops, count_parameters
 from sparsekernels.training.plotting import churn_series
@@ -320,3 +321,44 @@ def test_to_jsonable_and_churn_series():
     )
     assert churn_series([{"step": 1, "density": 0.1}]) is None
     assert churn_series(None) is None
+
+
+@pytest.mark.skipif(not fused_batch_norm_available(), reason="native extension without the fused BatchNorm")
+def test_cli_fused_bn_relu_default_record_and_resume(tmp_path, capsys):
+    """On by default for a new ResNet run (recorded, with where it ran), off with
+    --no-fused-bn-relu; a resumed run keeps its checkpoint's choice unless told otherwise (then
+    the resume check refuses), and a checkpoint from before the option resumes with it off."""
+    from sparsekernels.training.checkpoint import save_checkpoint
+
+    native = [a if a != "reference" else "native" for a in SPARSE]
+    argv = [*native, "--density", "0.5", "--channels-last", "--epochs", "2", "--checkpoint-every", "1"]
+    fused, off, old = tmp_path / "fused", tmp_path / "off", tmp_path / "old"
+    assert train.main([*argv, "--stop-at-epoch", "1", "--out", str(fused)]) == 0
+    record = read_record(fused)
+    assert record["config"]["fused_bn_relu"] is True
+    assert record["segments"][0]["fused_bn_relu"] is True and record["segments"][0]["bn_relu"] == "fused"
+    ckpt = fused / "checkpoint-epoch001.pt"
+    with pytest.raises(SystemExit, match="error: --fused-bn-relu is False but the checkpoint's run computed with True"):
+        train.main([*argv, "--no-fused-bn-relu", "--resume", str(ckpt), "--out", str(fused)])
+    assert train.main([*argv, "--resume", str(ckpt), "--out", str(fused)]) == 0
+    assert [s["bn_relu"] for s in read_record(fused)["segments"]] == ["fused", "fused"]
+    assert train.main([*argv, "--no-fused-bn-relu", "--max-steps", "2", "--out", str(off)]) == 0
+    assert read_record(off)["segments"][0]["bn_relu"] == "aten"
+    # A checkpoint written before the option existed trained with the ATen ops.
+    assert train.main([*argv, "--stop-at-epoch", "1", "--out", str(old)]) == 0
+    state = load_checkpoint(old / "checkpoint-epoch001.pt")
+    del state["config"]["fused_bn_relu"]
+    save_checkpoint(old / "checkpoint-epoch001.pt", state)
+    resume = ["--resume", str(old / "checkpoint-epoch001.pt"), "--out", str(old)]
+    with pytest.raises(SystemExit, match="fused-bn-relu"):
+        train.main([*argv, "--fused-bn-relu", *resume])
+    assert train.main([*argv, *resume]) == 0
+    segments = read_record(old)["segments"]
+    assert [s["fused_bn_relu"] for s in segments] == [True, False] and segments[1]["bn_relu"] == "aten"
+    # Where it cannot apply: an error for the MLP, a warning without channels-last.
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "set-mlp", "--fused-bn-relu"])
+    assert "no BatchNorm" in capsys.readouterr().err
+    train.parse_args(["--synthetic", "--fused-bn-relu"])
+    assert "--fused-bn-relu needs --channels-last" in capsys.readouterr().err
+    assert train.parse_args(["--synthetic"]).fused_bn_relu is None  # decided per run

@@ -12,6 +12,12 @@
 
 ``width`` multiplies every channel count (rounded, at least 1). Convolutions carry no bias:
 each is followed by BatchNorm, whose shift makes a bias redundant.
+
+``fused_bn_relu=True`` (or :meth:`ResNet.set_fused_bn_relu`) computes every BatchNorm that a
+ReLU follows, with the residual add between them where there is one, as one fused op
+(:func:`sparsekernels.nn.batch_norm_relu`: on float32 channels-last CPU tensors in training
+mode, one native pass forward and two backward instead of ATen's separate kernels). The modules
+and their state dict are the same either way; only the rounding of those layers differs.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from sparsekernels.nn.batchnorm import batch_norm_relu
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -36,8 +44,9 @@ class BasicBlock(nn.Module):
     the identity when shapes agree, else a 1×1 conv (stride ``stride``) + BN projection.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, fused_bn_relu: bool = False) -> None:
         super().__init__()
+        self.fused_bn_relu = fused_bn_relu
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
@@ -52,6 +61,9 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_bn_relu:
+            out = batch_norm_relu(self.bn1, self.conv1(x))
+            return batch_norm_relu(self.bn2, self.conv2(out), self.shortcut(x))
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -67,6 +79,7 @@ class ResNet(nn.Module):
         blocks_per_stage: number of basic blocks in each stage.
         stem_channels: channels of the 3×3 stem convolution.
         num_classes: classifier outputs.
+        fused_bn_relu: compute BatchNorm + (residual add +) ReLU as one op (module docstring).
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class ResNet(nn.Module):
         blocks_per_stage: Sequence[int],
         stem_channels: int,
         num_classes: int = 10,
+        fused_bn_relu: bool = False,
     ) -> None:
         super().__init__()
         if len(stage_channels) != len(blocks_per_stage):
@@ -103,6 +117,14 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
         self.reset_parameters()
+        self.set_fused_bn_relu(fused_bn_relu)
+
+    def set_fused_bn_relu(self, enabled: bool) -> None:
+        """Fuse BatchNorm + (residual add +) ReLU in the stem and every block, or not."""
+        self.fused_bn_relu = bool(enabled)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                m.fused_bn_relu = self.fused_bn_relu
 
     def reset_parameters(self) -> None:
         for m in self.modules():
@@ -114,37 +136,40 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        if self.fused_bn_relu:
+            x = self.stages(batch_norm_relu(self.stem[1], self.stem[0](x)))
+        else:
+            x = self.stages(self.stem(x))
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _cifar_resnet(depth: int, num_classes: int, width: float) -> ResNet:
+def _cifar_resnet(depth: int, num_classes: int, width: float, fused_bn_relu: bool) -> ResNet:
     if (depth - 2) % 6 != 0:
         raise ValueError(f"CIFAR ResNet depth must be 6n + 2; got {depth}")
     n = (depth - 2) // 6
     channels = [scale_channels(c, width) for c in (16, 32, 64)]
-    return ResNet(channels, [n] * 3, channels[0], num_classes)
+    return ResNet(channels, [n] * 3, channels[0], num_classes, fused_bn_relu)
 
 
-def resnet20(num_classes: int = 10, width: float = 1) -> ResNet:
+def resnet20(num_classes: int = 10, width: float = 1, fused_bn_relu: bool = False) -> ResNet:
     """ResNet-20 (0.27 M parameters at width 1 with option-B shortcuts)."""
-    return _cifar_resnet(20, num_classes, width)
+    return _cifar_resnet(20, num_classes, width, fused_bn_relu)
 
 
-def resnet32(num_classes: int = 10, width: float = 1) -> ResNet:
+def resnet32(num_classes: int = 10, width: float = 1, fused_bn_relu: bool = False) -> ResNet:
     """ResNet-32 (0.47 M parameters at width 1)."""
-    return _cifar_resnet(32, num_classes, width)
+    return _cifar_resnet(32, num_classes, width, fused_bn_relu)
 
 
-def resnet56(num_classes: int = 10, width: float = 1) -> ResNet:
+def resnet56(num_classes: int = 10, width: float = 1, fused_bn_relu: bool = False) -> ResNet:
     """ResNet-56 (0.86 M parameters at width 1)."""
-    return _cifar_resnet(56, num_classes, width)
+    return _cifar_resnet(56, num_classes, width, fused_bn_relu)
 
 
-def resnet18(num_classes: int = 10, width: float = 1) -> ResNet:
+def resnet18(num_classes: int = 10, width: float = 1, fused_bn_relu: bool = False) -> ResNet:
     """CIFAR ResNet-18: 3×3 stem, no max-pool, 64-128-256-512 channels (11.2 M parameters)."""
     channels = [scale_channels(c, width) for c in (64, 128, 256, 512)]
-    return ResNet(channels, [2, 2, 2, 2], channels[0], num_classes)
+    return ResNet(channels, [2, 2, 2, 2], channels[0], num_classes, fused_bn_relu)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

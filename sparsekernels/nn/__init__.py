@@ -1,6 +1,7 @@
 """Drop-in sparse layers and model sparsification."""
 
 from sparsekernels.nn._block_sparse import BlockSparseWeight, sparse_modules
+from sparsekernels.nn.batchnorm import batch_norm_relu
 from sparsekernels.nn.conv import SparseConv2d
 from sparsekernels.nn.linear import SparseLinear
 from sparsekernels.nn.sparsify import LayerSummary, SparsifySummary, layer_densities, sparsify
@@ -14,4 +15,5 @@ __all__ = [
     "layer_densities",
     "LayerSummary",
     "SparsifySummary",
+    "batch_norm_relu",
 ]
