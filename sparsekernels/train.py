@@ -857,7 +857,8 @@ def run(
         record["resumed_from"] = str(args.resume)
         print(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.step}", flush=True)
 
-    segment["bn_relu"] = "fused" if _bn_relu_fused(args, trainer.device) else "aten"  # where it ran
+    if hasattr(trainer.model, "set_fused_bn_relu"):  # the ResNets: where their BatchNorm + ReLU ran
+        segment["bn_relu"] = "fused" if _bn_relu_fused(args, trainer.device) else "aten"
     record["segments"].append({"start_epoch": start_epoch, "start_step": trainer.step, **segment})
     budget = f"{trainer.num_epochs} epochs × {trainer.steps_per_epoch} steps"
     if trainer.total_steps < trainer.num_epochs * trainer.steps_per_epoch:
