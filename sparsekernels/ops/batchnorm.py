@@ -65,7 +65,7 @@ def fused_batch_norm_applies(x: torch.Tensor, residual: torch.Tensor | None = No
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and _rows(x) is not None
         and (residual is None or (residual.shape == x.shape and _rows(residual) is not None))
-        and x.shape[0] * (x[0, 0].numel() if x.dim() == 4 else 1) > 1
+        and x.numel() > x.shape[1]  # more than one value per channel (else ATen raises its error)
         and not torch.compiler.is_compiling()
         and fused_batch_norm_enabled()
     )
@@ -103,6 +103,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises instead of being wrong
     def backward(ctx, grad, _grad_mean, _grad_var):
         x, residual, w, b, mean, invstd = ctx.saved_tensors
         x2 = _rows(x)

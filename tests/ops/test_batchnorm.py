@@ -158,3 +158,12 @@ def test_baseline_and_avx2_copies_agree_bitwise():
     if "avx2" not in runs:
         pytest.skip("this CPU has no AVX2: only the baseline loops exist")
     assert runs["baseline"] == runs["avx2"]
+
+
+def test_second_derivative_raises_instead_of_being_wrong():
+    x, w, b, _, grad = case((4, 8, 3, 3), False, seed=9)
+    x = x.clone().requires_grad_()
+    y, _, _ = batchnorm.batch_norm_relu_train(x, w, b, 1e-5)
+    (gx,) = torch.autograd.grad(y, x, grad, create_graph=True)
+    with pytest.raises(RuntimeError):  # no graph through the fused backward: an error, not a wrong value
+        gx.sum().backward()
