@@ -481,6 +481,7 @@ def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
     conv = train.parse_args([*q.command(q.CONV_COMPARE, tmp_path, tmp_path), "--resume", "auto"])
     assert conv.compare.split(",") == list(q.CONV_CONFIGS) and conv.model == "resnet20" and conv.density == 0.1
     assert conv.distribution == "erk" and conv.block_size in (16, 32) and conv.epochs >= 30
+    assert conv.fused_bn_relu is False  # every configuration as the ones trained before the fused op
     for name in dict.fromkeys(n for n, _ in q.PLAN if n != q.CONV_COMPARE):
         args = train.parse_args(q.command(name, tmp_path, tmp_path))
         assert args.model == "set-mlp" and args.augment == "set" and args.batch_size == 100
