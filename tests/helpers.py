@@ -1,7 +1,14 @@
-"""Comparison helpers: one tolerance table, relative error of norms, poisoned outputs."""
+"""Comparison helpers: one tolerance table, relative error of norms, poisoned outputs, and the
+baseline-vs-AVX2 bitwise check of the native loops."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 # Relative error ‖y − ŷ‖ / ‖ŷ‖ against a float64 reference. fp32 allows TF32-free fp32
@@ -68,3 +75,28 @@ def spy_host_syncs(monkeypatch) -> list[str]:
 
         monkeypatch.setattr(torch.Tensor, name, spy)
     return calls
+
+
+def assert_baseline_and_avx2_agree(results: str) -> None:
+    """Run ``results`` (``"module:function"``, a function of a thread count returning tensors)
+    in a subprocess with the portable loops (``SPARSEKERNELS_NATIVE_ISA=baseline``) and one with
+    the default choice, and assert both give bitwise the same tensors (skips without AVX2)."""
+    module, function = results.split(":")
+    script = (
+        "import hashlib, json, torch, sparsekernels._native\n"
+        f"from {module} import {function}\n"
+        "print(json.dumps([torch.ops.sparsekernels_native.pointwise_isa(),"
+        f" [hashlib.sha256(t.detach().numpy().tobytes()).hexdigest() for t in {function}(1)]]))\n"
+    )
+    runs = {}
+    for isa in ("baseline", None):
+        env = {k: v for k, v in os.environ.items() if k != "SPARSEKERNELS_NATIVE_ISA"}
+        if isa:
+            env["SPARSEKERNELS_NATIVE_ISA"] = isa
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        used, hashes = json.loads(done.stdout.strip().splitlines()[-1])
+        runs[used] = hashes
+    assert "baseline" in runs
+    if "avx2" not in runs:
+        pytest.skip("this CPU has no AVX2: only the baseline loops exist")
+    assert runs["baseline"] == runs["avx2"]

@@ -3,18 +3,13 @@ and sparsekernels.nn.batch_norm_relu) against float64 autograd and nn.BatchNorm2
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
 
 from sparsekernels.nn import batch_norm_relu
 from sparsekernels.ops import batchnorm
-from tests.helpers import assert_close, poison
+from tests.helpers import assert_baseline_and_avx2_agree, assert_close, poison
 
 pytestmark = pytest.mark.skipif(
     not batchnorm.fused_batch_norm_available(), reason="native extension without the fused BatchNorm"
@@ -140,24 +135,8 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_baseline_and_avx2_copies_agree_bitwise():
-    script = (
-        "import hashlib, json, torch\n"
-        "from tests.ops.test_batchnorm import _fused_results\n"
-        "print(json.dumps([torch.ops.sparsekernels_native.pointwise_isa(),"
-        " [hashlib.sha256(t.detach().numpy().tobytes()).hexdigest() for t in _fused_results(1)]]))\n"
-    )
-    runs = {}
-    for isa in ("baseline", None):
-        env = {k: v for k, v in os.environ.items() if k != "SPARSEKERNELS_NATIVE_ISA"}
-        if isa:
-            env["SPARSEKERNELS_NATIVE_ISA"] = isa
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        used, hashes = json.loads(done.stdout.strip().splitlines()[-1])
-        runs[used] = hashes
-    assert "baseline" in runs
-    if "avx2" not in runs:
-        pytest.skip("this CPU has no AVX2: only the baseline loops exist")
-    assert runs["baseline"] == runs["avx2"]
+    """SPARSEKERNELS_NATIVE_ISA=baseline selects the portable loops: same bits as the AVX2 ones."""
+    assert_baseline_and_avx2_agree("tests.ops.test_batchnorm:_fused_results")
 
 
 def test_second_derivative_raises_instead_of_being_wrong():

@@ -3,16 +3,11 @@ their ATen expressions and float64 autograd."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from sparsekernels.ops import pointwise
-from tests.helpers import assert_close, poison
+from tests.helpers import assert_baseline_and_avx2_agree, assert_close, poison
 
 pytestmark = pytest.mark.skipif(not pointwise.fused_available(), reason="native extension without pointwise ops")
 OPS = torch.ops.sparsekernels_native if pointwise.fused_available() else None
@@ -132,24 +127,7 @@ def test_set_isa_selects_the_pointwise_loops_too():
 
 def test_baseline_and_avx2_copies_agree_bitwise():
     """SPARSEKERNELS_NATIVE_ISA=baseline selects the portable loops: same bits as the AVX2 ones."""
-    script = (
-        "import hashlib, json, torch, sparsekernels._native\n"
-        "from tests.ops.test_pointwise import _fused_results\n"
-        "print(json.dumps([torch.ops.sparsekernels_native.pointwise_isa(),"
-        " [hashlib.sha256(t.numpy().tobytes()).hexdigest() for t in _fused_results(1)]]))\n"
-    )
-    runs = {}
-    for isa in ("baseline", None):
-        env = {k: v for k, v in os.environ.items() if k != "SPARSEKERNELS_NATIVE_ISA"}
-        if isa:
-            env["SPARSEKERNELS_NATIVE_ISA"] = isa
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        used, hashes = json.loads(done.stdout.strip().splitlines()[-1])
-        runs[used] = hashes
-    assert "baseline" in runs
-    if "avx2" not in runs:
-        pytest.skip("this CPU has no AVX2: only the baseline loops exist")
-    assert runs["baseline"] == runs["avx2"]
+    assert_baseline_and_avx2_agree("tests.ops.test_pointwise:_fused_results")
 
 
 def test_dropout_keeps_a_fraction_1_minus_p_scaled_and_its_backward_uses_the_same_mask():
