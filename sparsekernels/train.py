@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import random
 import re
@@ -192,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(sparse ones use --density, {DEFAULT_COMPARE_DENSITY} if it is 1.0; NAME@DENSITY overrides) "
         "(default: none, a single run)",
     )
+    p.add_argument(
+        "--compare-only",
+        default=None,
+        help="comma-separated entries of --compare to train in this process; the other entries' records "
+        "already in --out join the table, so several processes (cores, machines sharing --out) can each train "
+        "part of one comparison (default: all entries)",
+    )
     _add_set_arguments(p)
     return p
 
@@ -302,6 +310,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--compare resumes only with --resume auto (each configuration from its own sub-folder)",
         ),
         (args.resume != AUTO_RESUME or args.out is not None, "--resume auto needs --out (the folder to resume)"),
+        (args.compare_only is None or args.compare is not None, "--compare-only selects entries of --compare: give it"),
+        (
+            args.compare_only is None or args.out is not None,
+            "--compare-only needs --out (the folder where the other entries' records are)",
+        ),
         *_set_checks(args),
     ]
     for ok, message in checks:
@@ -309,6 +322,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(message)
     if args.er_epsilon is not None:
         _resolve_er_epsilon(args, parser)
+    if args.compare_only is not None:
+        try:
+            compare_only_labels(args)  # bad entries fail here, before any data is loaded
+        except SystemExit as err:
+            parser.error(str(err).removeprefix("error: "))
     if args.compare is None and args.method != "static" and args.density >= 1.0:
         parser.error(f"--method {args.method} changes a sparse topology: give --density < 1")
     if args.fused_bn_relu:  # given explicitly (None: decided in run())
@@ -962,7 +980,7 @@ def parse_compare(spec: str, args: argparse.Namespace) -> list[tuple[str, argpar
             continue
         name, _, density_text = item.partition("@")
         sub = copy.copy(args)
-        sub.compare = None
+        sub.compare = sub.compare_only = None
         if name == "dense":
             if density_text:
                 raise SystemExit(f"error: --compare entry {item!r}: dense takes no density")
@@ -1012,8 +1030,9 @@ def compare_table(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
                 f"{100 * r['best_test_acc']:.2f}" if r["best_test_acc"] is not None else "-",
                 f"{r['data']['train_images'] / ips:.1f}" if ips else "-",
                 f"{speedup:.2f}×" if speedup is not None else "-",
-                _si(r["parameters"]["total"]),
-                _si(r["flops_per_image"]["effective"]),
+                # A record still being written by another process (--compare-only) has no counts yet.
+                _si(r["parameters"]["total"]) if "parameters" in r else "-",
+                _si(r["flops_per_image"]["effective"]) if "flops_per_image" in r else "-",
             ]
         )
     return header, rows
@@ -1032,11 +1051,47 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         return "\n".join(lines)
 
 
+def compare_only_labels(args: argparse.Namespace) -> set[str] | None:
+    """The ``--compare-only`` entries (None: all of ``--compare``); each must be an entry of it."""
+    if args.compare_only is None:
+        return None
+    labels = [label for label, _ in parse_compare(args.compare, args)]
+    wanted = [s.strip() for s in args.compare_only.split(",") if s.strip()]
+    unknown = [w for w in wanted if w not in labels]
+    if unknown or not wanted:
+        raise SystemExit(f"error: --compare-only {args.compare_only!r}: expected entries of --compare {labels}")
+    return set(wanted)
+
+
+def _other_record(folder: Path, label: str) -> dict[str, Any] | None:
+    """The record another process wrote for entry ``label`` of a shared comparison (None: none yet)."""
+    try:
+        record = json.loads((folder / "record.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        print(f"warning: --compare-only: {folder / 'record.json'} unreadable ({err}); left out of the table",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    if not isinstance(record, dict) or record.get("label") != label:
+        print(f"warning: --compare-only: {folder / 'record.json'} is not a record of {label!r}; left out of the table",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    return record
+
+
 def run_compare(args: argparse.Namespace, data: CIFAR10, device: torch.device, out: Path) -> list[dict[str, Any]]:
+    """Each configuration of ``--compare`` in its sub-folder of ``out``, then the combined table,
+    ``compare.json`` and plots. With ``--compare-only``, only those entries train here; the others
+    join the table with the record their own process wrote last (a running one: its epochs so far)."""
+    only = compare_only_labels(args)
     records = []
     for label, sub in parse_compare(args.compare, args):
-        folder = label.replace("@", "-d")
-        records.append(run(sub, data, device, out / folder, label=label))
+        folder = out / label.replace("@", "-d")
+        if only is None or label in only:
+            records.append(run(sub, data, device, folder, label=label))
+        elif (record := _other_record(folder, label)) is not None:
+            records.append(record)
     header, rows = compare_table(records)
     table = format_table(header, rows)
     print(table, flush=True)

@@ -738,6 +738,47 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     assert "(dense 2, set 2)" in capsys.readouterr().out
 
 
+def test_queues_share_a_compare_entry_one_configuration_each(tmp_path, monkeypatch):
+    """Two queues on one --compare entry: a configuration another queue holds is left to it
+    (the entry says so: None while nothing else was trainable), the free ones are trained
+    with --compare-only, RUNS.md says which configuration runs, and a queue holding the whole
+    comparison (the code before per-configuration locks) keeps the others out."""
+    q = _load_queue()
+    compare = ["--compare", "dense,set", "--density", "0.3", *SET_UPDATES[4:], "--block-size", "8"]
+    args = [*SMALL, "--checkpoint-every", "1", *compare]
+    monkeypatch.setitem(q.RUNS, "cmp", {"args": args, "epochs": 1, "compare": ("dense", "set")})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    log = q.Log(runs, tmp_path, results, [("cmp", 1)])
+    dense, sparse = q.run_folders("cmp", runs)
+    other = q.RunLock(runs, q.configuration_lock("cmp", dense))  # another queue trains dense
+    whole = q.RunLock(runs, "cmp")
+    assert other.acquire() and whole.acquire(shared=True)
+    try:
+        assert q.run_entry("cmp", 1, log, runs, tmp_path) is True
+        assert q.epochs_done(sparse) == 1 and q.epochs_done(dense) == 0
+        assert q.run_entry("cmp", 1, log, runs, tmp_path) is None  # only the held one is left
+        text = (results / "RUNS.md").read_text()
+        assert "| cmp/dense | running | 0 / 1 (plan: 1) |" in text and "| cmp/set | done |" in text
+        summary = json.loads((runs / "cmp" / "compare.json").read_text())
+        assert [r["label"] for r in summary["runs"]] == ["set"]
+    finally:
+        other.release()
+        whole.release()
+    exclusive = q.RunLock(runs, "cmp")
+    assert exclusive.acquire()
+    try:
+        assert q.run_entry("cmp", 1, log, runs, tmp_path) is None and q.epochs_done(dense) == 0
+    finally:
+        exclusive.release()
+    assert q.run_entry("cmp", 1, log, runs, tmp_path) is True and q.epochs_done(dense) == 1
+    summary = json.loads((runs / "cmp" / "compare.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["dense", "set"]
+    log.refresh()
+    text = (results / "RUNS.md").read_text()
+    assert "| cmp/dense | done |" in text and "| cmp/set | done |" in text
+    assert json.loads((results / "cmp" / "compare.json").read_text())["runs"][0]["label"] == "dense"
+
+
 def test_cli_adapt_floor_reaches_the_engine_and_old_checkpoints_resume_with_0_1(tmp_path):
     from sparsekernels.training.checkpoint import save_checkpoint
 

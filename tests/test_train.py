@@ -231,6 +231,58 @@ def test_compare_resume_auto_continues_each_configuration(tmp_path, capsys):
     assert capsys.readouterr().out.count("nothing to do") == 2
 
 
+def test_compare_only_trains_its_entries_and_the_table_joins_the_others(tmp_path, capsys):
+    """Two processes share one --compare folder: each trains its --compare-only entries, to the
+    same weights as the whole comparison in one process; the table covers every entry with a
+    record (the last one written by the other process, also while it is still running)."""
+    common = [*SPARSE, "--synthetic-size", "16", "--epochs", "2", "--checkpoint-every", "1"]
+    common += ["--compare", "dense,rigl@0.5", "--update-every", "1"]
+    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    train.main([*common, "--out", str(whole)])
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    summary = json.loads((shared / "compare.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["rigl@0.5"], "dense has no record yet"
+    assert not (shared / "dense").exists()
+    # A record another process is still writing (no parameter counts yet) joins the table.
+    train.main([*common, "--out", str(shared), "--compare-only", "dense", "--stop-at-epoch", "1", "--resume", "auto"])
+    partial = read_record(shared / "dense")
+    partial.pop("parameters"), partial.pop("flops_per_image")
+    (shared / "dense" / "record.json").write_text(json.dumps(partial))
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    rows = json.loads((shared / "compare.json").read_text())["table"]["rows"]
+    assert [r[0] for r in rows] == ["dense", "rigl@0.5"] and rows[0][6:] == ["-", "-"]
+    train.main([*common, "--out", str(shared), "--compare-only", "dense", "--resume", "auto"])
+    for sub in ("dense", "rigl-d0.5"):
+        expected = load_checkpoint(whole / sub / "checkpoint-epoch002.pt")["trainer"]["model"]
+        actual = load_checkpoint(shared / sub / "checkpoint-epoch002.pt")["trainer"]["model"]
+        for name, tensor in expected.items():
+            assert torch.equal(actual[name], tensor), (sub, name)
+    summary = json.loads((shared / "compare.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["dense", "rigl@0.5"]
+    assert summary["table"]["rows"][0][6] != "-", "both records final: counts in the table"
+    # A record.json that is not the entry's own is left out with a warning, never used.
+    (shared / "dense" / "record.json").write_text(json.dumps({"label": "static"}))
+    capsys.readouterr()
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    assert "not a record of 'dense'" in capsys.readouterr().err
+    assert [r["label"] for r in json.loads((shared / "compare.json").read_text())["runs"]] == ["rigl@0.5"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--compare-only", "dense", "--out", "x"], "--compare-only selects entries of --compare"),
+        (["--compare", "dense,rigl", "--compare-only", "rigl"], "--compare-only needs --out"),
+        (["--compare", "dense,rigl", "--compare-only", "set", "--out", "x"], "expected entries of --compare"),
+        (["--compare", "dense,rigl", "--compare-only", ",", "--out", "x"], "expected entries of --compare"),
+    ],
+)
+def test_compare_only_errors_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_resume_auto_needs_out(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--resume", "auto"])

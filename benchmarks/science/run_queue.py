@@ -9,7 +9,10 @@ It writes its own PID to ``--pid-file`` (default ``/work/science.pid``). Several
 at once (one per core: start a second one with ``--pid-file /work/science-2.pid``): a run is
 trained only by the queue that holds its lock ``<runs-root>/locks/<run>.lock``; a queue skips
 a plan entry whose run another queue holds, and walks the plan again until a whole pass
-trains nothing, so the runs it skipped are picked up once they are free.
+trains nothing, so the runs it skipped are picked up once they are free. The configurations of
+a ``--compare`` run (the conv comparison) are locked one by one (``<run>@<configuration>``):
+two queues train two of them at once, each with ``--compare-only``, and the comparison's table
+joins every configuration's record.
 
 Every run checkpoints after every epoch under ``--runs-root`` (outside the repository). The
 queue walks :data:`PLAN` in order; each entry says how many epochs a run must have done. A
@@ -280,19 +283,24 @@ def read_record(folder: Path) -> dict | None:
 
 
 class RunLock:
-    """An exclusive, non-blocking ``flock`` on ``<runs-root>/locks/<run>.lock``: the queue that
-    holds it is the only one training that run. The kernel drops the lock when the process
-    dies, so a killed queue never leaves a run locked."""
+    """A non-blocking ``flock`` on ``<runs-root>/locks/<run>.lock``: the queue that holds it
+    exclusively is the only one training that run. The kernel drops the lock when the process
+    dies, so a killed queue never leaves a run locked.
+
+    A ``--compare`` run is shared: each configuration has its own lock
+    (``<run>@<configuration folder>``), and a queue training one of them holds the run's lock
+    *shared*, so several queues train different configurations at once while a queue that wants
+    the whole run (exclusive: the code before per-configuration locks) is kept out."""
 
     def __init__(self, runs_root: Path, name: str) -> None:
         self.path = runs_root / "locks" / f"{name}.lock"
         self.file = None
 
-    def acquire(self) -> bool:
+    def acquire(self, shared: bool = False) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             f.close()
             return False
@@ -305,10 +313,11 @@ class RunLock:
             self.file = None
 
 
-def is_running(runs_root: Path, name: str) -> bool:
-    """Whether some queue (this process included) holds the lock of run ``name``."""
+def is_running(runs_root: Path, name: str, exclusively: bool = False) -> bool:
+    """Whether some queue (this process included) holds the lock of run ``name`` (with
+    ``exclusively``: holds it whole, not shared as the queues of a shared ``--compare`` do)."""
     probe = RunLock(runs_root, name)
-    if probe.path.is_file() and probe.acquire():
+    if probe.path.is_file() and probe.acquire(shared=exclusively):
         probe.release()
         return False
     return probe.path.is_file()
@@ -374,6 +383,16 @@ class Log:
                             tmp.replace(dst)
             self._write_runs_md(names)
 
+    def _running(self, name: str, folder: Path) -> bool:
+        """Whether a queue trains ``folder`` of run ``name`` now: its configuration lock (a
+        ``--compare`` run), or else the run's lock (a queue holding a whole comparison trains the
+        configuration whose files changed last)."""
+        if folder == self.runs_root / name:
+            return is_running(self.runs_root, name)
+        if is_running(self.runs_root, configuration_lock(name, folder)):
+            return True
+        return is_running(self.runs_root, name, exclusively=True) and folder in training_folders(name, self.runs_root)
+
     def _write_runs_md(self, names: list[str]) -> None:
         targets: dict[str, int] = {}
         for name, target in self.plan:
@@ -391,7 +410,7 @@ class Log:
             accs = [e["test_acc"] for e in epochs if e.get("test_acc") is not None]  # --eval-every skips some
             last = accs[-1] if accs else None
             best = max(accs, default=None)
-            if is_running(self.runs_root, name) and folder in training_folders(name, self.runs_root):
+            if self._running(name, folder):
                 status = "running"
             elif name in self.state["failed"]:
                 status = "failed (see queue.log)"
@@ -431,7 +450,8 @@ class Log:
                 "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
                 "benchmarks/science/run_queue.py >> /work/science-runs/queue.log 2>&1 &",
                 "# it writes its PID to /work/science.pid (SIGSTOP/SIGCONT that PID to pause/resume its work).",
-                "# A second queue on the second core shares the plan (each run is locked by the queue training it):",
+                "# A second queue on the second core shares the plan (each run, and each configuration of the",
+                "# conv comparison, is locked by the queue training it):",
                 "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
                 "benchmarks/science/run_queue.py --pid-file /work/science-2.pid "
                 ">> /work/science-runs/queue-2.log 2>&1 &",
@@ -478,6 +498,11 @@ def wait_for_data(data_dir: Path) -> None:
         time.sleep(60)
 
 
+def configuration_lock(name: str, folder: Path) -> str:
+    """The lock name of one configuration (its sub-folder) of ``--compare`` run ``name``."""
+    return f"{name}@{folder.name}"
+
+
 def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path) -> bool | None:
     """Advance run ``name`` to ``target`` epochs; returns whether it trained anything, or None
     when another queue holds the run (the entry is left for a later pass)."""
@@ -485,6 +510,8 @@ def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path)
     target = min(target, total)
     if run_epochs_done(name, runs_root) >= target:
         return False
+    if RUNS[name].get("compare"):
+        return _run_compare_entry(name, target, total, log, runs_root, data_dir)
     lock = RunLock(runs_root, name)
     if not lock.acquire():
         return None
@@ -496,21 +523,55 @@ def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path)
         log.refresh()  # after the release, so RUNS.md no longer says "running"
 
 
-def _train_entry(name: str, target: int, total: int, log: Log, runs_root: Path, data_dir: Path) -> bool:
+def _run_compare_entry(name: str, target: int, total: int, log: Log, runs_root: Path, data_dir: Path) -> bool | None:
+    """Advance every configuration of ``--compare`` run ``name`` that no other queue holds, one
+    after another (``--compare-only``); the configurations another queue trains are left to it.
+    Returns whether this queue trained any, or None when only held ones are left."""
+    whole = RunLock(runs_root, name)
+    if not whole.acquire(shared=True):  # a queue holds the whole comparison
+        return None
+    trained = held = False
+    try:
+        for label, folder in zip(RUNS[name]["compare"], run_folders(name, runs_root)):
+            if epochs_done(folder) >= target:
+                continue
+            lock = RunLock(runs_root, configuration_lock(name, folder))
+            if not lock.acquire():
+                held = True
+                continue
+            try:
+                if epochs_done(folder) < target:  # counted again under the lock
+                    trained |= _train_entry(name, target, total, log, runs_root, data_dir, label=label)
+            finally:
+                lock.release()
+                log.refresh()
+    finally:
+        whole.release()
+        log.refresh()
+    return True if trained else (None if held else False)
+
+
+def _train_entry(
+    name: str, target: int, total: int, log: Log, runs_root: Path, data_dir: Path, label: str | None = None
+) -> bool:
+    """Train run ``name`` (of a ``--compare``: its configuration ``label``) to ``target`` epochs."""
     from sparsekernels.train import main as train_main
 
-    folder = runs_root / name
-    done = run_epochs_done(name, runs_root)
+    folders = run_folders(name, runs_root)
+    folder = folders[RUNS[name]["compare"].index(label)] if label is not None else folders[0]
+    done = epochs_done(folder)
     if done >= target:
         return False
     argv = command(name, runs_root, data_dir)
     if target < total:
         argv += ["--stop-at-epoch", str(target)]
-    if RUNS[name].get("compare"):
-        argv += ["--resume", "auto"]  # each configuration from its own newest checkpoint
+    if label is not None:  # one configuration, from its own newest checkpoint
+        argv += ["--compare-only", label, "--resume", "auto"]
     elif done > 0:
         argv += ["--resume", str(checkpoints(folder)[-1][1])]
-    print(f"\n=== {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC  {name}: epoch {done} -> {target} ===", flush=True)
+    title = name if label is None else f"{name} [{label}]"
+    now = datetime.now(timezone.utc)
+    print(f"\n=== {now:%Y-%m-%d %H:%M:%S} UTC  {title}: epoch {done} -> {target} ===", flush=True)
     print("python -m sparsekernels.train " + shlex.join(argv), flush=True)
     log.refresh()
     try:
@@ -520,7 +581,7 @@ def _train_entry(name: str, target: int, total: int, log: Log, runs_root: Path, 
         if isinstance(err, KeyboardInterrupt):
             raise
         traceback.print_exc()
-        log.fail(name, f"{type(err).__name__}: {err}")
+        log.fail(name, f"{'' if label is None else f'[{label}] '}{type(err).__name__}: {err}")
     return True
 
 

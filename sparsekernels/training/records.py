@@ -106,6 +106,7 @@ def to_jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (a crash never leaves half a record)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # One temporary name per process: processes sharing a --compare folder write compare.json.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n")
     tmp.replace(path)
