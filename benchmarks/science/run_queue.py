@@ -196,6 +196,8 @@ PLAN: list[tuple[str, int]] = [
     ("evolutionary-b8-s1", 200),
     ("static-b8-s1", 200),
     ("rigl-b8-s1", 200),
+    # The exact reproduction (element sparsity, random initial mask) at the bar's epoch 200 (~35 min).
+    ("set-b1-rand-s0", 200),
     ("dense-s1", 50),
     *[(f"{m}-f{f}-s0", RUNS[f"{m}-f{f}-s0"]["epochs"]) for f in (0.1, 0.25) for m in
       ("set-b8", "evolutionary-gradient-b8", "evolutionary-b8", "dense")],
