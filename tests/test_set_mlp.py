@@ -588,6 +588,7 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
         "set-b8-s0": _fake_record([0.05 * (i + 1) for i in range(11)] + [0.61], 200, churn=[0.3] * 11),
         "evolutionary-b8-s0": _fake_record([0.2] * 3, 200, churn=[0.3, 0.02, 0.005]),
         "dense-s0": _fake_record([0.5, 0.55], 200),
+        "set-b8-s1": _fake_record([0.05 * (i + 1) for i in range(9)] + [0.61, 0.62], 200),
         "set-b8-f0.1-s0": _fake_record([0.3], 1000),
         "dense-f0.25-s0": _fake_record([0.1, 0.2, 0.25, 0.35, 0.3], 400),
     }
@@ -604,6 +605,11 @@ def test_summarize_tables_and_plots_from_partial_records(tmp_path):
     assert "| set-b8-s0 | set | +7.20 | - | - | - |" in text
     assert "| evolutionary-b8-s0 | 3 | 0.300 | 0.005 | 3 | " in text  # churn < 1 % from the update after epoch 3
     assert "| set-b8-s0 | epoch 12 (0.03 CPU h) | not yet (12 ep) |" in text  # 60.8 % first reached at epoch 12
+    # Seeds 0 and 1 of SET: epoch 10 at 50.00 and 61.00 %; 60.8 % first reached at epochs 12 and 10.
+    assert "| set-b8 | 55.50 ± 5.50 (2 seeds) | - | - | - | 11 ± 1 (2 seeds) |" in text
+    assert "| dense | - | - | - | - | not yet |" in text  # 2 epochs only
+    slow = _fake_record([0.5] * 3, 200)
+    assert s.reached_by_seeds([records["set-b8-s0"], slow], 60.8) == "12 (1 seed); 1 seed(s) not yet"
     assert "set-b8-f0.1-s0 | 1/1000 partial | 30.00 |" in text
     assert "dense-f0.25-s0 | 5/400 partial | 30.00 | 35.00 |" in text  # last evaluated, best evaluated
     for png in ("accuracy_vs_epoch.png", "accuracy_vs_wallclock.png", "churn_vs_epoch.png"):

@@ -219,12 +219,24 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def mean_spread(values: list[float]) -> str:
+def mean_spread(values: list[float], digits: int = 2) -> str:
+    """``mean ± half-range (n seeds)`` of the values of several seeds."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{statistics.mean(values):.2f} ± {(max(values) - min(values)) / 2:.2f} ({len(values)} seeds)"
+        return f"{values[0]:.{digits}f} (1 seed)"
+    half = (max(values) - min(values)) / 2
+    return f"{statistics.mean(values):.{digits}f} ± {half:.{digits}f} ({len(values)} seeds)"
+
+
+def reached_by_seeds(records: list[dict], threshold: float) -> str:
+    """First epoch reaching ``threshold`` % over the seeds: mean ± half-range of the seeds that
+    got there, and how many of them did when not all."""
+    hits = [h[0] for h in (first_reaching(r, threshold) for r in records) if h is not None]
+    if not hits:
+        return "not yet"
+    cell = mean_spread([float(h) for h in hits], digits=0)
+    return cell if len(hits) == len(records) else f"{cell}; {len(records) - len(hits)} seed(s) not yet"
 
 
 def status(record: dict) -> str:
@@ -320,8 +332,8 @@ def summary_markdown(records: dict[str, dict], comparisons: dict[str, dict[str, 
         for e in (10, 50, 100, 200):
             vals = [v for v in (acc_at(r, e) for r in rs) if v is not None]
             cells.append(mean_spread(vals))
-        rows.append([config, *cells])
-    lines += table(["config", "ep 10", "ep 50", "ep 100", "ep 200"], rows)
+        rows.append([config, *cells, reached_by_seeds(rs, THRESHOLDS[0])])
+    lines += table(["config", "ep 10", "ep 50", "ep 100", "ep 200", f"first epoch ≥ {THRESHOLDS[0]} %"], rows)
 
     lines += ["", "## Convergence: first epoch (and training wall-clock) reaching the published SET's accuracy", ""]
     rows = []
