@@ -447,22 +447,37 @@ def comparison_markdown(comparisons: dict[str, dict[str, dict]]) -> list[str]:
     for name, runs in comparisons.items():
         dense = runs.get("dense")
         dense_cpu = seconds_per_epoch(dense, "epoch_cpu_seconds") if dense else None
+        total = max(r["config"]["epochs"] for r in runs.values())
+        marks = comparison_epochs(total)
         rows = []
         for sub, r in runs.items():
             epochs = r["epochs"]
             cpu = seconds_per_epoch(r, "epoch_cpu_seconds")
+            hours = cpu_hours(r)
             rows.append([
                 sub, f"{len(epochs)}/{r['config']['epochs']}", f"{r['config']['density']:g}",
+                *[fmt(acc_at(r, e), 2) for e in marks],
                 fmt(100 * last_evaluated(r)["test_acc"], 2) if evaluated(r) else "-",
                 fmt(best_acc(r), 2),
-                fmt(seconds_per_epoch(r)), fmt(cpu),
+                fmt(seconds_per_epoch(r)), fmt(cpu), fmt(hours[-1], 2) if hours else "-",
                 f"{dense_cpu / cpu:.2f}×" if dense_cpu and cpu else "-",
             ])  # fmt: skip
-        lines += [f"`{name}`:", ""]
-        lines += table(["configuration", "epochs", "density", "test acc % (last)", "best %", "s/epoch",
-                        "CPU s/epoch", "CPU speed vs dense"], rows)  # fmt: skip
-        lines.append("")
+        lines += [f"`{name}` (plot: `{name}.png`):", ""]
+        lines += table(["configuration", "epochs", "density", *[f"ep {e}" for e in marks], "test acc % (last)",
+                        "best %", "s/epoch", "CPU s/epoch", "CPU h so far", "CPU speed vs dense"],
+                       rows)  # fmt: skip
+        lines += [
+            "",
+            "Test accuracy % at equal epochs (each configuration's own schedule over the same total epochs), the",
+            "last and best so far, and the training CPU time (one thread; evaluation excluded).",
+            "",
+        ]
     return lines
+
+
+def comparison_epochs(total: int) -> list[int]:
+    """The epochs the comparison table compares at: thirds of the run (10, 20, 30 for 30)."""
+    return sorted({max(1, round(total * k / 3)) for k in (1, 2, 3)})
 
 
 # ----------------------------------------------------------------------------- plots
@@ -561,6 +576,31 @@ def plot_churn(records: dict[str, dict], path: Path) -> bool:
     return True
 
 
+def plot_comparison(name: str, runs: dict[str, dict], path: Path) -> None:
+    """Test accuracy of every configuration of ``--compare`` run ``name`` against the epoch
+    (left) and against the training CPU time (right: what each point cost on this CPU)."""
+    plt = _pyplot()
+    fig, (by_epoch, by_cpu) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    for sub, r in sorted(runs.items()):
+        points = evaluated(r)
+        (line,) = by_epoch.plot([e["epoch"] for e in points], [100 * e["test_acc"] for e in points], marker=".",
+                                label=sub)  # fmt: skip
+        hours = cpu_hours(r)
+        if hours is not None:
+            pairs = [(h, 100 * e["test_acc"]) for h, e in zip(hours, r["epochs"]) if e.get("test_acc") is not None]
+            by_cpu.plot([h for h, _ in pairs], [a for _, a in pairs], marker=".", color=line.get_color(), label=sub)
+    partial = any(r.get("steps_done") != r["total_steps"] for r in runs.values())
+    by_epoch.set_title(f"{name}" + (" — PARTIAL" if partial else ""))
+    by_epoch.set_xlabel("epoch")
+    by_cpu.set_xlabel("training CPU time (h; one thread, evaluation excluded)")
+    for ax in (by_epoch, by_cpu):
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_train_fraction(records: dict[str, dict], path: Path) -> bool:
     """Bars per training fraction at equal optimizer steps (one column per step equivalent any
     train-fraction run has reached): test accuracy (top) and generalisation gap (bottom)."""
@@ -600,7 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print(f"no records under {args.results}/*/record.json")
         return 1
-    (args.results / "SUMMARY.md").write_text(summary_markdown(records, load_comparisons(args.results)))
+    comparisons = load_comparisons(args.results)
+    (args.results / "SUMMARY.md").write_text(summary_markdown(records, comparisons))
+    for name, runs in comparisons.items():
+        plot_comparison(name, runs, args.results / f"{name}.png")
     plot_accuracy_vs_epoch(records, args.results / "accuracy_vs_epoch.png")
     plot_accuracy_vs_wallclock(records, args.results / "accuracy_vs_wallclock.png")
     plot_churn(records, args.results / "churn_vs_epoch.png")
