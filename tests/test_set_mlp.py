@@ -482,7 +482,12 @@ def test_queue_plan_commands_parse_and_checkpoints_are_pruned(tmp_path):
     assert conv.compare.split(",") == list(q.CONV_CONFIGS) and conv.model == "resnet20" and conv.density == 0.1
     assert conv.distribution == "erk" and conv.block_size in (16, 32) and conv.epochs >= 30
     assert conv.fused_bn_relu is False  # every configuration as the ones trained before the fused op
-    for name in dict.fromkeys(n for n, _ in q.PLAN if n != q.CONV_COMPARE):
+    equal_cpu = train.parse_args([*q.command(q.CONV_DENSE_EQUAL_CPU, tmp_path, tmp_path), "--resume", "auto"])
+    assert equal_cpu.compare == "dense" and equal_cpu.epochs == 12 and equal_cpu.fused_bn_relu is False
+    assert {k: v for k, v in vars(equal_cpu).items() if k not in ("compare", "epochs", "out")} == {
+        k: v for k, v in vars(conv).items() if k not in ("compare", "epochs", "out")
+    }  # the comparison's dense but for its length
+    for name in dict.fromkeys(n for n, _ in q.PLAN if n not in (q.CONV_COMPARE, q.CONV_DENSE_EQUAL_CPU)):
         args = train.parse_args(q.command(name, tmp_path, tmp_path))
         assert args.model == "set-mlp" and args.augment == "set" and args.batch_size == 100
         if name.startswith("dense"):
@@ -726,7 +731,13 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     assert "| cmp/dense | done | 2 / 2 (plan: 2) |" in text and "| cmp/set | done |" in text
     s = _load_summarize()
     section = "\n".join(s.comparison_markdown(s.load_comparisons(results)))
-    assert "`cmp`:" in section and "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section
+    assert "`cmp` (plot: `cmp.png`):" in section
+    assert "| dense | 2/2 | 1 |" in section and "| set | 2/2 | 0.3 |" in section
+    assert "| ep 1 | ep 2 | test acc % (last) |" in section and s.comparison_epochs(30) == [10, 20, 30]
+    dense_acc = 100 * read_record(runs / "cmp" / "dense")["epochs"][0]["test_acc"]
+    assert f"| dense | 2/2 | 1 | {dense_acc:.2f} |" in section  # the accuracy at epoch 1
+    s.plot_comparison("cmp", s.load_comparisons(results)["cmp"], tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
     # While a queue holds the comparison, only the configuration it writes now says running.
     lock = q.RunLock(runs, "cmp")
     assert lock.acquire()
