@@ -557,8 +557,7 @@ def _run_compare_entry(name: str, target: int, total: int, log: Log, runs_root: 
                 lock.release()
                 log.refresh()
     finally:
-        whole.release()
-        log.refresh()
+        whole.release()  # RUNS.md needs no refresh for it: a shared hold says nothing about a configuration
     return True if trained else (None if held else False)
 
 

@@ -179,6 +179,15 @@ def cpu_hours(record: dict) -> list[float] | None:
     return out
 
 
+def accuracy_by_cpu_hours(record: dict) -> list[tuple[float, float]]:
+    """(cumulative training CPU h, test accuracy %) of every evaluated epoch ([] when an epoch
+    lacks its CPU time)."""
+    hours = cpu_hours(record)
+    if hours is None:
+        return []
+    return [(h, 100 * e["test_acc"]) for h, e in zip(hours, record["epochs"]) if e.get("test_acc") is not None]
+
+
 def churn_by_epoch(record: dict) -> list[tuple[float, float]]:
     """(epoch after which the update happened, churn) per topology update."""
     history = record.get("structure_history") or []
@@ -539,9 +548,8 @@ def plot_accuracy_vs_wallclock(records: dict[str, dict], path: Path) -> None:
     runs = full_data_runs(records)
     styles = line_styles(list(runs))
     for name, r in runs.items():
-        hours = cpu_hours(r)
-        if hours is not None:
-            pairs = [(h, 100 * e["test_acc"]) for h, e in zip(hours, r["epochs"]) if e.get("test_acc") is not None]
+        pairs = accuracy_by_cpu_hours(r)
+        if pairs:
             ax.plot([h for h, _ in pairs], [a for _, a in pairs], label=name, **styles[name])
     for t in THRESHOLDS:
         ax.axhline(t, color="k", ls=":", lw=0.8)
@@ -585,9 +593,8 @@ def plot_comparison(name: str, runs: dict[str, dict], path: Path) -> None:
         points = evaluated(r)
         (line,) = by_epoch.plot([e["epoch"] for e in points], [100 * e["test_acc"] for e in points], marker=".",
                                 label=sub)  # fmt: skip
-        hours = cpu_hours(r)
-        if hours is not None:
-            pairs = [(h, 100 * e["test_acc"]) for h, e in zip(hours, r["epochs"]) if e.get("test_acc") is not None]
+        pairs = accuracy_by_cpu_hours(r)
+        if pairs:
             by_cpu.plot([h for h, _ in pairs], [a for _, a in pairs], marker=".", color=line.get_color(), label=sub)
     partial = any(r.get("steps_done") != r["total_steps"] for r in runs.values())
     by_epoch.set_title(f"{name}" + (" — PARTIAL" if partial else ""))
