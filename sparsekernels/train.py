@@ -728,23 +728,34 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "compare"}
 
 
+def setup_difference(args: argparse.Namespace, saved: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any] | None:
+    """The first of ``keys`` whose value in the saved config differs from ``args``: (key, saved value).
+
+    A saved config without a key (written before the option existed) used its old default."""
+    for key in keys:
+        used = saved.get(key, OPTION_DEFAULTS_BEFORE.get(key))
+        if used != getattr(args, key):
+            return key, used
+    return None
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
 def _check_resume(args: argparse.Namespace, saved: dict[str, Any]) -> None:
-    for key in COMPUTE_KEYS:
-        used = saved.get(key, OPTION_DEFAULTS_BEFORE.get(key))
-        if used != getattr(args, key):
-            flag = "--" + key.replace("_", "-")
-            raise SystemExit(
-                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run computed with {used!r}; "
-                f"resume with the same {flag} (it changes the numbers, and the record describes one run)"
-            )
-    for key in RESUME_KEYS:
-        used = saved.get(key, OPTION_DEFAULTS_BEFORE.get(key))
-        if used != getattr(args, key):
-            flag = "--" + key.replace("_", "-")
-            raise SystemExit(
-                f"error: {flag} is {getattr(args, key)!r} but the checkpoint's run used {used!r}; "
-                "--resume continues the same run, so pass the same options"
-            )
+    if (diff := setup_difference(args, saved, COMPUTE_KEYS)) is not None:
+        key, used = diff
+        raise SystemExit(
+            f"error: {_flag(key)} is {getattr(args, key)!r} but the checkpoint's run computed with {used!r}; "
+            f"resume with the same {_flag(key)} (it changes the numbers, and the record describes one run)"
+        )
+    if (diff := setup_difference(args, saved, RESUME_KEYS)) is not None:
+        key, used = diff
+        raise SystemExit(
+            f"error: {_flag(key)} is {getattr(args, key)!r} but the checkpoint's run used {used!r}; "
+            "--resume continues the same run, so pass the same options"
+        )
 
 
 AUTO_RESUME = "auto"
@@ -1063,8 +1074,10 @@ def compare_only_labels(args: argparse.Namespace) -> set[str] | None:
     return set(wanted)
 
 
-def _other_record(folder: Path, label: str) -> dict[str, Any] | None:
-    """The record another process wrote for entry ``label`` of a shared comparison (None: none yet)."""
+def _other_record(folder: Path, label: str, sub: argparse.Namespace) -> dict[str, Any] | None:
+    """The record another process wrote for entry ``label`` (options ``sub``) of a shared
+    comparison; None when there is none yet, or it is not this entry's (wrong label, or a run
+    of other options, e.g. a comparison with other --epochs under the same --out)."""
     try:
         record = json.loads((folder / "record.json").read_text())
     except FileNotFoundError:
@@ -1076,6 +1089,16 @@ def _other_record(folder: Path, label: str) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("label") != label:
         print(f"warning: --compare-only: {folder / 'record.json'} is not a record of {label!r}; left out of the table",
               file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    saved = record.get("config")
+    if not isinstance(saved, dict):
+        print(f"warning: --compare-only: {folder / 'record.json'} holds no config; left out of the table",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    if (diff := setup_difference(sub, saved, RESUME_KEYS)) is not None:
+        key, used = diff
+        print(f"warning: --compare-only: {folder / 'record.json'} is a run with {_flag(key)} {used!r}, not this "
+              f"comparison's {getattr(sub, key)!r}; left out of the table", file=sys.stderr, flush=True)  # fmt: skip
         return None
     return record
 
@@ -1090,7 +1113,7 @@ def run_compare(args: argparse.Namespace, data: CIFAR10, device: torch.device, o
         folder = out / label.replace("@", "-d")
         if only is None or label in only:
             records.append(run(sub, data, device, folder, label=label))
-        elif (record := _other_record(folder, label)) is not None:
+        elif (record := _other_record(folder, label, sub)) is not None:
             records.append(record)
     header, rows = compare_table(records)
     table = format_table(header, rows)

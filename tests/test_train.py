@@ -266,6 +266,22 @@ def test_compare_only_trains_its_entries_and_the_table_joins_the_others(tmp_path
     train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
     assert "not a record of 'dense'" in capsys.readouterr().err
     assert [r["label"] for r in json.loads((shared / "compare.json").read_text())["runs"]] == ["rigl@0.5"]
+    # So is the entry's record of another setup (a comparison of other --epochs under this --out),
+    # and one without its options.
+    other = read_record(whole / "dense")
+    other["config"]["epochs"] = 5
+    (shared / "dense" / "record.json").write_text(json.dumps(other))
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    assert "is a run with --epochs 5, not this comparison's 2" in capsys.readouterr().err
+    assert [r["label"] for r in json.loads((shared / "compare.json").read_text())["runs"]] == ["rigl@0.5"]
+    other.pop("config")
+    (shared / "dense" / "record.json").write_text(json.dumps(other))
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    assert "holds no config" in capsys.readouterr().err
+    # The entry's own record joins again.
+    (shared / "dense" / "record.json").write_text(json.dumps(read_record(whole / "dense")))
+    train.main([*common, "--out", str(shared), "--compare-only", "rigl@0.5", "--resume", "auto"])
+    assert [r["label"] for r in json.loads((shared / "compare.json").read_text())["runs"]] == ["dense", "rigl@0.5"]
 
 
 @pytest.mark.parametrize(
