@@ -198,8 +198,10 @@ PLAN: list[tuple[str, int]] = [
       ("set-b8", "evolutionary-gradient-b8", "evolutionary-b8", "dense")],
     # Second seeds of claim (a)/(b) before the 100-equivalent train-fraction runs: a spread
     # for every method at 200 epochs (dense at 50) weighs more than longer fraction runs. The
-    # sparse ones first (~45 min each on one core; dense's 50 epochs take ~1.8 h).
+    # sparse ones first (~45 min each on one core; dense's 50 epochs take ~1.8 h), each to
+    # epoch 100 before any goes on, so that a session's end leaves every method with a spread.
     ("set-b8-s1", 200),
+    *[(f"{m}-b8-s1", 100) for m in ("evolutionary-gradient", "evolutionary", "static", "rigl")],
     ("evolutionary-gradient-b8-s1", 200),
     ("evolutionary-b8-s1", 200),
     ("static-b8-s1", 200),
