@@ -1108,12 +1108,18 @@ def run_compare(args: argparse.Namespace, data: CIFAR10, device: torch.device, o
     ``compare.json`` and plots. With ``--compare-only``, only those entries train here; the others
     join the table with the record their own process wrote last (a running one: its epochs so far)."""
     only = compare_only_labels(args)
+    entries = [(label, sub, out / label.replace("@", "-d")) for label, sub in parse_compare(args.compare, args)]
+    trained = {
+        label: run(sub, data, device, folder, label=label)
+        for label, sub, folder in entries
+        if only is None or label in only
+    }
+    # The other processes' records are read only now, after this one's training: read before,
+    # an entry that another process finished meanwhile would join with its epochs of then.
     records = []
-    for label, sub in parse_compare(args.compare, args):
-        folder = out / label.replace("@", "-d")
-        if only is None or label in only:
-            records.append(run(sub, data, device, folder, label=label))
-        elif (record := _other_record(folder, label, sub)) is not None:
+    for label, sub, folder in entries:
+        record = trained[label] if label in trained else _other_record(folder, label, sub)
+        if record is not None:
             records.append(record)
     header, rows = compare_table(records)
     table = format_table(header, rows)

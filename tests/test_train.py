@@ -284,6 +284,28 @@ def test_compare_only_trains_its_entries_and_the_table_joins_the_others(tmp_path
     assert [r["label"] for r in json.loads((shared / "compare.json").read_text())["runs"]] == ["dense", "rigl@0.5"]
 
 
+def test_compare_only_table_reads_the_other_records_after_training(tmp_path, monkeypatch):
+    """An entry listed before this process's one, finished by its own process while this one
+    trains, joins the table with its final record, not with the one on disk at the start."""
+    common = [*SPARSE, "--synthetic-size", "16", "--epochs", "2", "--checkpoint-every", "1"]
+    common += ["--compare", "dense,rigl@0.5"]
+    out = tmp_path / "shared"
+    train.main([*common, "--out", str(out), "--compare-only", "dense", "--stop-at-epoch", "1"])
+    assert len(read_record(out / "dense")["epochs"]) == 1
+    real_run = train.run
+
+    def run_while_dense_finishes(sub, data, device, folder, label=None):
+        if label == "rigl@0.5":  # the other process finishes dense meanwhile
+            train.main([*common, "--out", str(out), "--compare-only", "dense", "--resume", "auto"])
+        return real_run(sub, data, device, folder, label=label)
+
+    monkeypatch.setattr(train, "run", run_while_dense_finishes)
+    train.main([*common, "--out", str(out), "--compare-only", "rigl@0.5"])
+    dense, rigl = json.loads((out / "compare.json").read_text())["runs"]
+    assert dense["label"] == "dense" and len(dense["epochs"]) == 2 and "parameters" in dense
+    assert rigl["label"] == "rigl@0.5" and len(rigl["epochs"]) == 2
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
