@@ -572,6 +572,48 @@ def test_queue_skips_a_run_another_queue_holds_and_takes_it_when_free(tmp_path, 
     assert "| held-s0 | done | 1 / 1 (plan: 1) |" in (results / "RUNS.md").read_text()
 
 
+def test_queue_never_starts_over_a_run_whose_checkpoints_are_gone(tmp_path, monkeypatch, capsys):
+    """A new machine has the repository's records but none of the checkpoints: the queue leaves
+    such runs as recorded (RUNS.md says so), never replaces a longer record with a shorter one,
+    and starts a run over only with --restart-lost, keeping the old record beside the new one."""
+    q = _load_queue()
+    monkeypatch.setattr(q, "COMMON", [*SMALL, "--checkpoint-every", "1"])
+    monkeypatch.setattr(q, "wait_for_data", lambda data_dir: None)  # synthetic data
+    monkeypatch.setitem(q.RUNS, "cut-s0", {"args": SET_UPDATES, "epochs": 4})
+    monkeypatch.setitem(q.RUNS, "whole-s0", {"args": SET_UPDATES, "epochs": 2})
+    monkeypatch.setattr(q, "PLAN", [("cut-s0", 4), ("whole-s0", 2)])
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    recorded = {"epochs": [{"epoch": i, "epoch_seconds": 5.0, "test_acc": 0.25} for i in (1, 2, 3)]}
+    whole = {"epochs": [{"epoch": i, "epoch_seconds": 5.0, "test_acc": 0.5} for i in (1, 2)]}
+    for name, record in (("cut-s0", recorded), ("whole-s0", whole)):
+        (results / name).mkdir(parents=True)
+        (results / name / "record.json").write_text(json.dumps(record))
+    argv = ["--runs-root", str(runs), "--data-dir", str(tmp_path), "--results", str(results)]
+    argv += ["--pid-file", str(tmp_path / "pid")]
+
+    assert q.main(argv) == 0
+    assert q.epochs_done(runs / "cut-s0") == 0 and q.epochs_done(runs / "whole-s0") == 0  # nothing trained
+    assert "cut-s0: the repository holds its record at 3 epochs" in capsys.readouterr().out
+    assert json.loads((results / "cut-s0" / "record.json").read_text()) == recorded
+    text = (results / "RUNS.md").read_text()
+    assert "| cut-s0 | cut off: checkpoints lost | 3 / 4 (plan: 4) | 5.0 | - | 0.0 | 25.00 | 25.00 |" in text
+    assert "| whole-s0 | done | 2 / 2 (plan: 2) |" in text
+
+    # A shorter record under the runs root (a run started over by hand) never replaces the longer copy.
+    (runs / "cut-s0").mkdir(parents=True)
+    (runs / "cut-s0" / "record.json").write_text(json.dumps({"epochs": recorded["epochs"][:1]}))
+    q.Log(runs, tmp_path, results, q.PLAN).refresh()
+    assert json.loads((results / "cut-s0" / "record.json").read_text()) == recorded
+    (runs / "cut-s0" / "record.json").unlink()
+
+    assert q.main([*argv, "--restart-lost", "--only", "cut-s0"]) == 0
+    assert q.epochs_done(runs / "cut-s0") == 4
+    assert json.loads((results / "cut-s0" / "record.lost-3ep.json").read_text()) == recorded
+    assert q.recorded_epochs(json.loads((results / "cut-s0" / "record.json").read_text())) == 4
+    assert "| cut-s0 | done | 4 / 4 (plan: 4) |" in (results / "RUNS.md").read_text()
+    assert q.epochs_done(runs / "whole-s0") == 0  # --only: the other run is untouched
+
+
 def _load_summarize():
     return _load_science_script("summarize")
 

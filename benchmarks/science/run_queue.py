@@ -28,6 +28,13 @@ run (a dense checkpoint is ~160 MB), copies each run's ``record.json`` to
 ``benchmarks/results/cpu-amd-epyc/science/<run>/`` and rewrites ``RUNS.md`` there (command,
 status, epochs done, seconds per epoch).
 
+Checkpoints live outside the repository, so a machine that is shut down takes them with it
+while the records copied to the repository survive. A run whose copied record holds epochs but
+which has no checkpoint under ``--runs-root`` is *lost*: the queue never restarts it from
+scratch (that would overwrite the record with a shorter one), RUNS.md marks it "cut off", and
+``--restart-lost`` starts such runs over (their old record is kept beside the new one as
+``record.lost-<epochs>ep.json``).
+
 Options: ``--list`` prints the plan and the state of every run; ``--only NAME[,NAME]`` runs
 just those; ``--once`` stops after the first plan entry that did work (for tests).
 """
@@ -273,6 +280,37 @@ def run_epochs_done(name: str, runs_root: Path) -> int:
     return min(epochs_done(f) for f in run_folders(name, runs_root))
 
 
+def recorded_epochs(record: dict | None) -> int:
+    """Epochs a run's ``record.json`` covers (0 for none or an unreadable one)."""
+    epochs = (record or {}).get("epochs") or []
+    return max((int(e.get("epoch", 0)) for e in epochs), default=0)
+
+
+def results_folder(folder: Path, runs_root: Path, results: Path) -> Path:
+    """Where the queue copies the record of run folder ``folder``."""
+    return results / folder.relative_to(runs_root)
+
+
+def lost_epochs(folder: Path, runs_root: Path, results: Path) -> int:
+    """Epochs of a run that the repository's copy of its record holds but no checkpoint under
+    ``runs_root`` covers any more (the machine that trained it is gone): 0 when nothing is lost."""
+    if epochs_done(folder) > 0:
+        return 0
+    return recorded_epochs(read_record(results_folder(folder, runs_root, results)))
+
+
+def set_aside_lost_record(folder: Path, runs_root: Path, results: Path) -> Path | None:
+    """Move the repository's record of lost run ``folder`` to ``record.lost-<epochs>ep.json``
+    so that the run can start over; returns the new path (None when there was nothing lost)."""
+    n = lost_epochs(folder, runs_root, results)
+    if n == 0:
+        return None
+    src = results_folder(folder, runs_root, results) / "record.json"
+    dst = src.with_name(f"record.lost-{n}ep.json")
+    src.replace(dst)
+    return dst
+
+
 def prune_checkpoints(folder: Path, keep: int = KEEP_CHECKPOINTS) -> None:
     """Delete all but the newest ``keep`` checkpoints (finished writes only; ``.tmp`` files are
     the one being written)."""
@@ -343,6 +381,7 @@ class Log:
     def __init__(self, runs_root: Path, data_dir: Path, results: Path, plan: list[tuple[str, int]]) -> None:
         self.runs_root, self.data_dir, self.results, self.plan = runs_root, data_dir, results, plan
         self.state_file = runs_root / "queue-state.json"
+        self.restart_lost = False  # --restart-lost: start over the runs whose checkpoints are gone
         self.lock = threading.Lock()
         self.state = self._load_state()
 
@@ -391,6 +430,10 @@ class Log:
                         dst = self.results / src.relative_to(self.runs_root)
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
+                            if src.name == "record.json" and recorded_epochs(read_record(dst.parent)) > recorded_epochs(
+                                read_record(src.parent)
+                            ):  # a run started over beside a longer record: keep the longer one
+                                continue
                             tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # another queue copies too
                             shutil.copy2(src, tmp)
                             tmp.replace(dst)
@@ -414,7 +457,10 @@ class Log:
         for name, folder in ((n, f) for n in names for f in run_folders(n, self.runs_root)):
             done = epochs_done(folder)
             total = RUNS[name]["epochs"]
+            lost = lost_epochs(folder, self.runs_root, self.results)
             record = read_record(folder) or {}
+            if lost and not record:  # only the repository's copy is left: report from it
+                record = read_record(results_folder(folder, self.runs_root, self.results)) or {}
             epochs = record.get("epochs") or []
             steady = epochs[1:] if len(epochs) > 1 else epochs
             sec = sum(e["epoch_seconds"] for e in steady) / len(steady) if steady else None
@@ -427,6 +473,12 @@ class Log:
                 status = "running"
             elif name in self.state["failed"]:
                 status = "failed (see queue.log)"
+            elif lost >= total:
+                status = "done"  # finished: its checkpoints are not needed any more
+                done = lost
+            elif lost:
+                status = "cut off: checkpoints lost"
+                done = lost
             elif done >= total:
                 status = "done"
             elif done > 0:
@@ -457,7 +509,9 @@ class Log:
                 f"in `{self.runs_root}/` (outside the repository); records are copied to this folder.",
                 "Resume the whole queue (skips finished runs, continues unfinished ones bit-identically under the",
                 "same code; a run resumed under newer code continues from the same state, and each segment of its",
-                "record names the commit and the SReLU/dropout implementation that trained it):",
+                "record names the commit and the SReLU/dropout implementation that trained it; a run marked",
+                '"cut off: checkpoints lost" lost its checkpoints with the machine that trained it: its record here',
+                "is kept as it is, and only `--restart-lost` starts it over):",
                 "",
                 "```bash",
                 "cd REPO; OMP_NUM_THREADS=1 PYTHONPATH=. nohup nice -n 19 /work/venv/bin/python "
@@ -516,12 +570,36 @@ def configuration_lock(name: str, folder: Path) -> str:
     return f"{name}@{folder.name}"
 
 
+def keeps_lost_run(name: str, folder: Path, target: int, log: Log) -> bool:
+    """Whether run folder ``folder`` of ``name`` must be left alone because its checkpoints are
+    gone while the repository holds its record (see the module docstring). With
+    ``log.restart_lost`` the record is set aside instead and the run may start over."""
+    lost = lost_epochs(folder, log.runs_root, log.results)
+    if lost == 0:
+        return False
+    if lost >= target:
+        return True  # the record already covers this plan entry
+    if log.restart_lost:
+        kept = set_aside_lost_record(folder, log.runs_root, log.results)
+        print(f"{name}: checkpoints gone; starting over (the {lost}-epoch record is kept as {kept})", flush=True)
+        return False
+    print(
+        f"{name}: the repository holds its record at {lost} epochs but {folder} has no checkpoint (lost with "
+        f"the machine that trained it); not starting it over, which would replace that record: pass "
+        f"--restart-lost to start it over",
+        flush=True,
+    )
+    return True
+
+
 def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path) -> bool | None:
     """Advance run ``name`` to ``target`` epochs; returns whether it trained anything, or None
     when another queue holds the run (the entry is left for a later pass)."""
     total = RUNS[name]["epochs"]
     target = min(target, total)
     if run_epochs_done(name, runs_root) >= target:
+        return False
+    if not RUNS[name].get("compare") and keeps_lost_run(name, run_folders(name, runs_root)[0], target, log):
         return False
     if RUNS[name].get("compare"):
         return _run_compare_entry(name, target, total, log, runs_root, data_dir)
@@ -546,7 +624,7 @@ def _run_compare_entry(name: str, target: int, total: int, log: Log, runs_root: 
     trained = held = False
     try:
         for label, folder in zip(RUNS[name]["compare"], run_folders(name, runs_root)):
-            if epochs_done(folder) >= target:
+            if epochs_done(folder) >= target or keeps_lost_run(f"{name} [{label}]", folder, target, log):
                 continue
             lock = RunLock(runs_root, configuration_lock(name, folder))
             if not lock.acquire():
@@ -606,7 +684,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the plan with each run's state and exit")
     p.add_argument("--once", action="store_true", help="stop after the first plan entry that trained")
     p.add_argument("--pid-file", type=Path, default=PID_FILE, help="this process's PID is written here")
+    p.add_argument(
+        "--restart-lost",
+        action="store_true",
+        help="start over the runs whose checkpoints are gone but whose record the repository holds (the old "
+        "record is kept as record.lost-<epochs>ep.json); without it such runs are left as recorded",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the training (default 1: one queue per core on the shared machine); records "
+        "keep the process CPU time, which sums the threads",
+    )
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
 
     plan = PLAN
     if args.only:
@@ -618,19 +711,22 @@ def main(argv: list[str] | None = None) -> int:
     # RUNS.md and the copied records always cover the whole plan: several queues rewrite them,
     # one started with --only among them.
     log = Log(args.runs_root, args.data_dir, args.results, PLAN)
+    log.restart_lost = args.restart_lost
     if args.list:
         for name, target in plan:
             folders = run_folders(name, args.runs_root)
             each = f"  ({', '.join(f'{f.name} {epochs_done(f)}' for f in folders)})" if len(folders) > 1 else ""
+            lost = [(f, n) for f in folders if (n := lost_epochs(f, args.runs_root, args.results))]
+            gone = "".join(f"  [{f.name}: record at {n} epochs, checkpoints gone]" for f, n in lost)
             print(
                 f"{name:32s} target {target:5d}  done {run_epochs_done(name, args.runs_root):5d} / "
-                f"{RUNS[name]['epochs']}{each}"
+                f"{RUNS[name]['epochs']}{each}{gone}"
             )
         return 0
 
     import torch
 
-    torch.set_num_threads(1)  # the machine is shared: one run, one thread per queue
+    torch.set_num_threads(args.threads)  # the machine is shared: by default one run, one thread per queue
     args.runs_root.mkdir(parents=True, exist_ok=True)
     # The PID of the process that trains (SIGSTOP/SIGCONT it to pause/resume its work).
     args.pid_file.write_text(f"{os.getpid()}\n")
