@@ -617,23 +617,28 @@ def plot_train_fraction(records: dict[str, dict], path: Path) -> bool:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 7), constrained_layout=True, squeeze=False)
+    # One slot and one colour per configuration in every panel, so that a run that has not
+    # reached a panel's step count leaves its slot empty (marked) instead of shifting the others.
+    configs = sorted({c for _, groups in panels for g in groups.values() for c in g})
+    colours = {c: f"C{i % 10}" for i, c in enumerate(configs)}
+    width = 0.8 / max(1, len(configs))
     for col, (equivalent, groups) in enumerate(panels):
-        configs = sorted({c for g in groups.values() for c in g})
         fractions = sorted(groups)
-        width = 0.8 / max(1, len(configs))
         for row, (key, label) in enumerate((("test_acc", "test accuracy (%)"), ("generalization_gap", "gap (points)"))):
             ax = axes[row][col]
             for i, c in enumerate(configs):
-                pts = [(j + i * width, 100 * groups[f][c][key]) for j, f in enumerate(fractions)
-                       if c in groups[f] and groups[f][c].get(key) is not None]  # fmt: skip
-                if pts:
-                    ax.bar([x for x, _ in pts], [y for _, y in pts], width, label=c)
+                for j, f in enumerate(fractions):
+                    x, value = j + i * width, groups[f].get(c, {}).get(key)
+                    if value is not None:
+                        ax.bar(x, 100 * value, width, color=colours[c])
+                    else:  # not run, or not this far yet
+                        ax.text(x, 0.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=colours[c])
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(fractions))], [f"{f:g}" for f in fractions])
             ax.set_xlabel(f"fraction of the training set (steps of {equivalent} full-data epochs)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3, axis="y")
-            if row == 0:
-                ax.legend(fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in configs]
+    fig.legend(handles, configs, loc="outside upper center", ncol=len(configs), fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
