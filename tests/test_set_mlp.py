@@ -778,6 +778,10 @@ def test_queue_compare_entry_pauses_and_resumes_every_configuration(tmp_path, mo
     assert "| ep 1 | ep 2 | test acc % (last) |" in section and s.comparison_epochs(30) == [10, 20, 30]
     dense_acc = 100 * read_record(runs / "cmp" / "dense")["epochs"][0]["test_acc"]
     assert f"| dense | 2/2 | 1 | {dense_acc:.2f} |" in section  # the accuracy at epoch 1
+    threads = s.torch_threads(read_record(runs / "cmp" / "dense"))  # a column: CPU time sums the threads
+    assert threads.isdigit() and "| torch threads | CPU s/epoch |" in section
+    two = [{"device": "AMD EPYC (2 cores, 1 torch threads)"}, {"device": "AMD EPYC (2 cores, 2 torch threads)"}]
+    assert s.torch_threads({"segments": two}) == "1, 2" and s.torch_threads({}) == "?"
     s.plot_comparison("cmp", s.load_comparisons(results)["cmp"], tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").stat().st_size > 1000
     # While a queue holds the comparison, only the configuration it writes now says running.

@@ -449,6 +449,16 @@ def load_comparisons(results: Path) -> dict[str, dict[str, dict]]:
     return out
 
 
+def torch_threads(record: dict) -> str:
+    """The torch thread counts a record's segments trained with ("1", or "1, 2" for a run resumed
+    with another count), read from their device description ("... 2 torch threads)"); "?" when
+    the record does not say."""
+    devices = [seg.get("device", "") for seg in record.get("segments") or []]
+    devices = devices or [(record.get("environment") or {}).get("device_name", "")]
+    counts = [m.group(1) for d in devices if (m := re.search(r"(\d+) torch threads?", d or ""))]
+    return ", ".join(dict.fromkeys(counts)) or "?"
+
+
 def comparison_markdown(comparisons: dict[str, dict[str, dict]]) -> list[str]:
     lines = ["", "## Convolutional comparison (`--compare`, equal budget)", ""]
     if not comparisons:
@@ -468,17 +478,18 @@ def comparison_markdown(comparisons: dict[str, dict[str, dict]]) -> list[str]:
                 *[fmt(acc_at(r, e), 2) for e in marks],
                 fmt(100 * last_evaluated(r)["test_acc"], 2) if evaluated(r) else "-",
                 fmt(best_acc(r), 2),
-                fmt(seconds_per_epoch(r)), fmt(cpu), fmt(hours[-1], 2) if hours else "-",
+                fmt(seconds_per_epoch(r)), torch_threads(r), fmt(cpu), fmt(hours[-1], 2) if hours else "-",
                 f"{dense_cpu / cpu:.2f}×" if dense_cpu and cpu else "-",
             ])  # fmt: skip
         lines += [f"`{name}` (plot: `{name}.png`):", ""]
         lines += table(["configuration", "epochs", "density", *[f"ep {e}" for e in marks], "test acc % (last)",
-                        "best %", "s/epoch", "CPU s/epoch", "CPU h so far", "CPU speed vs dense"],
+                        "best %", "s/epoch", "torch threads", "CPU s/epoch", "CPU h so far", "CPU speed vs dense"],
                        rows)  # fmt: skip
         lines += [
             "",
             "Test accuracy % at equal epochs (each configuration's own schedule over the same total epochs), the",
-            "last and best so far, and the training CPU time (one thread; evaluation excluded).",
+            "last and best so far, and the training CPU time (evaluation excluded): process CPU time, which sums",
+            "the torch threads, so it compares runs of the same thread count only.",
             "",
         ]
     return lines
