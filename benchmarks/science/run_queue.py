@@ -299,14 +299,11 @@ def lost_epochs(folder: Path, runs_root: Path, results: Path) -> int:
     return recorded_epochs(read_record(results_folder(folder, runs_root, results)))
 
 
-def set_aside_lost_record(folder: Path, runs_root: Path, results: Path) -> Path | None:
-    """Move the repository's record of lost run ``folder`` to ``record.lost-<epochs>ep.json``
-    so that the run can start over; returns the new path (None when there was nothing lost)."""
-    n = lost_epochs(folder, runs_root, results)
-    if n == 0:
-        return None
+def set_aside_lost_record(folder: Path, runs_root: Path, results: Path, epochs: int) -> Path:
+    """Move the repository's record of lost run ``folder`` (``epochs`` long) to
+    ``record.lost-<epochs>ep.json`` so that the run can start over; returns the new path."""
     src = results_folder(folder, runs_root, results) / "record.json"
-    dst = src.with_name(f"record.lost-{n}ep.json")
+    dst = src.with_name(f"record.lost-{epochs}ep.json")
     src.replace(dst)
     return dst
 
@@ -580,7 +577,7 @@ def keeps_lost_run(name: str, folder: Path, target: int, log: Log) -> bool:
     if lost >= target:
         return True  # the record already covers this plan entry
     if log.restart_lost:
-        kept = set_aside_lost_record(folder, log.runs_root, log.results)
+        kept = set_aside_lost_record(folder, log.runs_root, log.results, lost)
         print(f"{name}: checkpoints gone; starting over (the {lost}-epoch record is kept as {kept})", flush=True)
         return False
     print(
@@ -599,10 +596,10 @@ def run_entry(name: str, target: int, log: Log, runs_root: Path, data_dir: Path)
     target = min(target, total)
     if run_epochs_done(name, runs_root) >= target:
         return False
-    if not RUNS[name].get("compare") and keeps_lost_run(name, run_folders(name, runs_root)[0], target, log):
-        return False
-    if RUNS[name].get("compare"):
+    if RUNS[name].get("compare"):  # checks each configuration for lost checkpoints itself
         return _run_compare_entry(name, target, total, log, runs_root, data_dir)
+    if keeps_lost_run(name, run_folders(name, runs_root)[0], target, log):
+        return False
     lock = RunLock(runs_root, name)
     if not lock.acquire():
         return None
